@@ -1,0 +1,52 @@
+"""Every config key the trainer knows, with its default: experiment configs start here and override.
+
+Keys are grouped the way the trainer consumes them. Validation (tessera.trainer.validate) checks values;
+ml_collections' lock rejects unknown keys and type-changing overrides.
+"""
+import ml_collections
+
+# Logical parameter axes -> mesh axes. Params carry the logical names (tessera.models); this table is config data.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+)
+
+
+def base_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=100, batch_size=8, seq_len=128, microbatches=1, log_every_steps=1))
+
+  steps = c.train.get_ref("steps")
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=3e-3, schedule="cosine", warmup_steps=steps // 20, lr_min_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
+      clip=1.0, weight_decay=0.1, groups=[]))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=200, every_seconds=600.0, max_to_keep=3, keep_period=0, async_save=True))
+
+  c.eval = ml_collections.ConfigDict(dict(every_steps=100, batches=4))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding = ml_collections.ConfigDict(dict(rules=[list(r) for r in DEFAULT_RULES]))
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="decoder", vocab_size=384, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=0,
+      d_ff=512, rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True, dtype="float32",
+      param_dtype="float32", remat="none", scan_layers=False, attention_impl="xla", init="normal",
+      init_std=0.02))
+
+  c.loss = ml_collections.ConfigDict(dict(name="next_token"))
+  c.data = ml_collections.ConfigDict(dict(name="embedded", path="", workers=0, prefetch=4))
+  c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))
+  c.sample = ml_collections.ConfigDict(dict(prompt="def ", max_new_tokens=80, temperature=0.0))
+  return c

@@ -1,0 +1,1 @@
+from tessera.data import embedded  # registers "embedded"

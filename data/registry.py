@@ -1,0 +1,17 @@
+"""Name -> builder registry for data; the trainer reaches data only through `get` (config key `data.name`)."""
+
+PIPELINES = {}
+
+
+def register(name):
+  """Decorator: registers a builder under `name` (a new method adds a file, never trainer code)."""
+  def add(builder):
+    PIPELINES[name] = builder
+    return builder
+  return add
+
+
+def get(name):
+  if name not in PIPELINES:
+    raise KeyError(f"data.name: unknown data {name!r}; known: {sorted(PIPELINES)}")
+  return PIPELINES[name]

@@ -1,0 +1,1 @@
+from tessera.losses import next_token  # registers "next_token"

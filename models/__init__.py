@@ -1,0 +1,1 @@
+from tessera.models import decoder  # registers "decoder"

@@ -1,0 +1,70 @@
+"""Grouped-query self-attention with RoPE and packed-segment masking, plus its XLA reference."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tessera.models import layers
+
+# Finite, so a fully masked row gives a uniform softmax instead of NaN (and bf16 casts stay finite).
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def dot_product_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, *, causal=True, segment_ids_BxT=None, scale=None):
+  """softmax(q k^T * scale + mask) v with float32 logits and softmax; returns BxTxHxD in v's dtype.
+
+  H must be a multiple of K: query head h reads kv head h // (H // K). Queries and keys share positions
+  (self-attention), so `causal` keeps key s <= query t and `segment_ids_BxT` keeps keys of the query's segment;
+  segment id 0 is an ordinary segment here (padding is masked by the loss, not by attention).
+  """
+  B, T, H, D = q_BxTxHxD.shape
+  S, K = k_BxSxKxD.shape[1], k_BxSxKxD.shape[2]
+  if H % K:
+    raise ValueError(f"attention: {H} query heads are not a multiple of {K} kv heads")
+  scale = D ** -0.5 if scale is None else scale
+  q_BxTxKxGxD = q_BxTxHxD.reshape(B, T, K, H // K, D)
+  logits_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, k_BxSxKxD,
+                                preferred_element_type=jnp.float32) * scale
+  mask_BxTxS = jnp.ones((1, T, S), dtype=bool)
+  if causal:
+    mask_BxTxS = mask_BxTxS & (jnp.arange(T)[:, None] >= jnp.arange(S)[None, :])
+  if segment_ids_BxT is not None:
+    mask_BxTxS = mask_BxTxS & (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])
+  logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, MASK_VALUE)
+  probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1)
+  out_BxTxKxGxD = jnp.einsum("bkgts,bskd->btkgd", probs_BxKxGxTxS.astype(v_BxSxKxD.dtype), v_BxSxKxD)
+  return out_BxTxKxGxD.reshape(B, T, H, D)
+
+
+def attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT, implementation):
+  """Causal attention by `model.attention_impl`: "xla" is the reference above; other names go to the kernels."""
+  if implementation == "xla":
+    return dot_product_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, causal=True, segment_ids_BxT=segment_ids_BxT)
+  from tessera.models import kernels  # lazy: kernels are optional (GPU/TPU) and must not burden the CPU path
+  return kernels.attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, causal=True, segment_ids=segment_ids_BxT,
+                           implementation=implementation)
+
+
+class Attention(nnx.Module):
+  """Llama self-attention: q/k/v projections per head, RoPE on q and k, grouped-query attention, output proj."""
+
+  def __init__(self, cfg, rngs):
+    head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
+    D, H, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.rope_theta = cfg.rope_theta
+    self.implementation = cfg.attention_impl
+    self.q = layers.param(cfg, rngs, (D, H, head_dim), ("embed", "q_heads", "head_dim"))
+    self.k = layers.param(cfg, rngs, (D, K, head_dim), ("embed", "kv_heads", "head_dim"))
+    self.v = layers.param(cfg, rngs, (D, K, head_dim), ("embed", "kv_heads", "head_dim"))
+    self.o = layers.param(cfg, rngs, (H, head_dim, D), ("q_heads", "head_dim", "embed"), residual_out=True)
+
+  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT):
+    x_BxTxD = x_BxTxD.astype(self.dtype)
+    q_BxTxHxE = jnp.einsum("btd,dhe->bthe", x_BxTxD, self.q[...].astype(self.dtype))
+    k_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.k[...].astype(self.dtype))
+    v_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.v[...].astype(self.dtype))
+    q_BxTxHxE = layers.apply_rope(q_BxTxHxE, positions_BxT, self.rope_theta)
+    k_BxTxKxE = layers.apply_rope(k_BxTxKxE, positions_BxT, self.rope_theta)
+    out_BxTxHxE = attend(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, segment_ids_BxT, self.implementation)
+    return jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(self.dtype))

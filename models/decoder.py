@@ -1,0 +1,138 @@
+"""Llama-style decoder LM (pre-norm RMSNorm, RoPE, grouped-query attention, SwiGLU), registered as "decoder".
+
+With `model.scan_layers` the blocks are built by `nnx.vmap` (params stacked on a leading "layers" axis) and run
+by `jax.lax.scan`: one block is compiled once, whatever the depth. Unrolled and scanned runs compute the same
+function of the same params; `model.remat` wraps each block in `jax.checkpoint` either way.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tessera.models import registry
+from tessera.models.attention import Attention
+from tessera.models.layers import RMSNorm, SwiGLU, param
+
+# model.remat -> which activations a block keeps for the backward pass (None: no checkpoint at all).
+REMAT_POLICIES = {
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Block(nnx.Module):
+  """x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg, rngs):
+    self.attn_norm = RMSNorm(cfg)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = RMSNorm(cfg)
+    self.mlp = SwiGLU(cfg, rngs)
+
+  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT):
+    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), segment_ids_BxT, positions_BxT)
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+
+
+def _stacked_blocks(cfg, rngs):
+  """n_layers Blocks whose params carry a leading "layers" axis (one rng split per layer)."""
+  @nnx.split_rngs(splits=cfg.n_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def make(rngs):
+    return Block(cfg, rngs)
+  return make(rngs)
+
+
+class Decoder(nnx.Module):
+  """tokens_BxT -> float32 logits_BxTxV."""
+
+  def __init__(self, cfg, rngs):
+    if cfg.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat: unknown policy {cfg.remat!r}; known: {sorted(REMAT_POLICIES)}")
+    if cfg.n_heads % cfg.n_kv_heads:
+      raise ValueError(f"model.n_heads={cfg.n_heads} must be a multiple of model.n_kv_heads={cfg.n_kv_heads}")
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.remat = cfg.remat
+    self.scan_layers = cfg.scan_layers
+    self.tie_embeddings = cfg.tie_embeddings
+    self.embed = param(cfg, rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"))
+    if cfg.scan_layers:
+      self.blocks = _stacked_blocks(cfg, rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = RMSNorm(cfg)
+    if not cfg.tie_embeddings:
+      self.unembed = param(cfg, rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
+
+  def __call__(self, tokens_BxT, *, segment_ids_BxT=None, positions_BxT=None):
+    """`positions_BxT` defaults to arange(T) per row; with packing pass per-document positions (restart at 0)."""
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+    x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.dtype)
+    x_BxTxD = self._run_blocks(x_BxTxD, segment_ids_BxT, positions_BxT)
+    x_BxTxD = self.final_norm(x_BxTxD)
+    if self.tie_embeddings:
+      return jnp.einsum("btd,vd->btv", x_BxTxD, self.embed[...].astype(self.dtype),
+                        preferred_element_type=jnp.float32)
+    return jnp.einsum("btd,dv->btv", x_BxTxD, self.unembed[...].astype(self.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def _run_blocks(self, x_BxTxD, segment_ids_BxT, positions_BxT):
+    """Applies the blocks functionally (split/merge), so remat and scan are plain JAX transforms."""
+    def block_fn(graphdef):
+      def apply(x_BxTxD, state):
+        return nnx.merge(graphdef, state)(x_BxTxD, segment_ids_BxT, positions_BxT)
+      if self.remat == "none":
+        return apply
+      return jax.checkpoint(apply, policy=REMAT_POLICIES[self.remat])
+
+    if self.scan_layers:
+      graphdef, stacked_state = nnx.split(self.blocks)
+      apply = block_fn(graphdef)
+      x_BxTxD, _ = jax.lax.scan(lambda x_BxTxD, state: (apply(x_BxTxD, state), None), x_BxTxD, stacked_state)
+      return x_BxTxD
+    for block in self.blocks:
+      graphdef, state = nnx.split(block)
+      x_BxTxD = block_fn(graphdef)(x_BxTxD, state)
+    return x_BxTxD
+
+
+@registry.register("decoder")
+def build(cfg, rngs: nnx.Rngs) -> Decoder:
+  """The trainer's entry point: `cfg` is `config.model`."""
+  return Decoder(cfg, rngs)
+
+
+def _head_dim(cfg):
+  return cfg.head_dim or cfg.d_model // cfg.n_heads
+
+
+def _layer_matmul_params(cfg):
+  """Weights of one block's matmuls: q, k, v, o projections and the three SwiGLU matrices."""
+  attn = cfg.d_model * _head_dim(cfg) * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+  return attn + 3 * cfg.d_model * cfg.d_ff
+
+
+def param_count(cfg):
+  """Parameter counts from the config alone (no arrays).
+
+  "embedding" counts the vocabulary matrices: the input table, plus the unembedding when it is untied;
+  "non_embedding" is everything else (block matmuls and all RMSNorm scales).
+  """
+  embedding = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+  norms = (2 * cfg.n_layers + 1) * cfg.d_model
+  non_embedding = cfg.n_layers * _layer_matmul_params(cfg) + norms
+  return {"total": embedding + non_embedding, "embedding": embedding, "non_embedding": non_embedding}
+
+
+def train_flops_per_token(cfg, seq_len):
+  """Training FLOPs per token, PaLM (Chowdhery et al. 2022, appendix B) / MaxText convention.
+
+  6 * (block matmul params + unembedding matmul d_model * vocab) for forward + backward matmuls, plus
+  12 * n_layers * seq_len * n_heads * head_dim for the attention scores and values. The attention term counts the
+  full TxT matrix (no causal halving); norms, softmax, activations and the embedding gather are not counted.
+  """
+  matmul_params = cfg.n_layers * _layer_matmul_params(cfg) + cfg.d_model * cfg.vocab_size
+  attention = 12 * cfg.n_layers * seq_len * cfg.n_heads * _head_dim(cfg)
+  return float(6 * matmul_params + attention)

@@ -1,0 +1,80 @@
+"""Llama building blocks: RMSNorm, rotary embeddings, SwiGLU MLP, and the kernel initializer dispatch.
+
+Modules read the model config (`config.model`) once at construction and keep only plain Python scalars, so the
+graphdef stays hashable. Params live in `param_dtype`; matmuls run in `dtype`; statistics run in float32.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Initializer families by `model.init`; each maps a stddev to a jax initializer. A new family is one entry here.
+INITIALIZERS = {
+  "normal": lambda std: nnx.initializers.normal(stddev=std),
+}
+
+
+def kernel_init(cfg, logical_axes, *, residual_out=False):
+  """Initializer for a weight with `logical_axes`, from `model.init` and `model.init_std`.
+
+  Projections that write into the residual stream (attention output, MLP down) use std / sqrt(2 * n_layers)
+  (GPT-2 / Megatron convention), so the residual stream's variance does not grow with depth.
+  """
+  if cfg.init not in INITIALIZERS:
+    raise ValueError(f"model.init: unknown initializer {cfg.init!r}; known: {sorted(INITIALIZERS)}")
+  std = cfg.init_std / math.sqrt(2 * cfg.n_layers) if residual_out else cfg.init_std
+  return nnx.with_partitioning(INITIALIZERS[cfg.init](std), logical_axes)
+
+
+def param(cfg, rngs, shape, logical_axes, *, residual_out=False):
+  """An `nnx.Param` of `shape` in `param_dtype`, annotated with its logical axis names."""
+  init = kernel_init(cfg, logical_axes, residual_out=residual_out)
+  return nnx.Param(init(rngs.params(), shape, jnp.dtype(cfg.param_dtype)))
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm (no mean subtraction, no bias); statistics in float32 for bf16 stability."""
+
+  def __init__(self, cfg):
+    self.eps = cfg.norm_eps
+    self.dtype = jnp.dtype(cfg.dtype)
+    ones = nnx.with_partitioning(nnx.initializers.ones, ("norm",))
+    self.scale = nnx.Param(ones(None, (cfg.d_model,), jnp.dtype(cfg.param_dtype)))
+
+  def __call__(self, x_BxTxD):
+    x_BxTxD = x_BxTxD.astype(jnp.float32)
+    mean_square_BxTx1 = jnp.mean(jnp.square(x_BxTxD), axis=-1, keepdims=True)
+    y_BxTxD = x_BxTxD * jax.lax.rsqrt(mean_square_BxTx1 + self.eps)
+    return (y_BxTxD * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def apply_rope(x_BxTxHxD, positions_BxT, theta):
+  """Rotates channel pairs (i, i + D/2) by angle position * theta^(-2i/D) (Llama / MaxText half-split layout).
+
+  Positions are explicit so packed documents restart at 0. Angles and the rotation run in float32.
+  """
+  half = x_BxTxHxD.shape[-1] // 2
+  inv_freq_F = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BxTx1xF = (positions_BxT.astype(jnp.float32)[:, :, None] * inv_freq_F)[:, :, None, :]
+  sin, cos = jnp.sin(angle_BxTx1xF), jnp.cos(angle_BxTx1xF)
+  x1, x2 = jnp.split(x_BxTxHxD.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxTxHxD.dtype)
+
+
+class SwiGLU(nnx.Module):
+  """down(silu(x @ gate) * (x @ up)) — the Llama MLP."""
+
+  def __init__(self, cfg, rngs):
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.gate = param(cfg, rngs, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+    self.up = param(cfg, rngs, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+    self.down = param(cfg, rngs, (cfg.d_ff, cfg.d_model), ("mlp", "embed"), residual_out=True)
+
+  def __call__(self, x_BxTxD):
+    x_BxTxD = x_BxTxD.astype(self.dtype)
+    gate_BxTxF = x_BxTxD @ self.gate[...].astype(self.dtype)
+    up_BxTxF = x_BxTxD @ self.up[...].astype(self.dtype)
+    return (jax.nn.silu(gate_BxTxF) * up_BxTxF) @ self.down[...].astype(self.dtype)

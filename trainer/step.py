@@ -1,0 +1,78 @@
+"""The one jitted train step (microbatch accumulation, optimizer update, metrics) and the eval step."""
+import jax
+import jax.numpy as jnp
+import optax
+
+from tessera.trainer import mesh as mesh_lib
+from tessera.trainer import optim
+
+
+def _split_microbatches(batch, m):
+  """[B, ...] -> [m, B/m, ...] taking rows m apart, so every microbatch stays spread over all batch shards."""
+  def split(x):
+    return x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(factory, loss_fn):
+  """state, batch -> state, metrics (all scalars, fp32). jit-compiled with explicit shardings, state donated."""
+  config = factory.config
+  m = config.train.microbatches
+
+  def loss_of(params, batch, rng):
+    return loss_fn(factory.model(params), batch, rng)
+
+  grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    params = state["params"]
+    if m == 1:
+      (loss, aux), grads = grad_fn(params, batch, rng)
+    else:
+      microbatches = _split_microbatches(batch, m)
+
+      def accumulate(total, xs):
+        i, mb = xs
+        result = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(lambda t, x: t + x.astype(jnp.float32), total, result), None
+
+      shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], microbatches), rng)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+      total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(m), microbatches))
+      (loss, aux), grads = jax.tree.map(lambda x: x / m, total)  # fp32 accumulation, mean over microbatches
+      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+    updates, opt_state = factory.tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    metrics = {
+        "loss": loss,
+        "lr": factory.lr_schedule(state["step"]),
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(new_params),
+        **{f"grad_norm/{k}": v for k, v in _group_norms(factory, grads).items()},
+        **{k: v for k, v in aux.items() if k != "loss"},
+    }
+    new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state, "rng": state["rng"]}
+    return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+
+  batch_sharding = mesh_lib.batch_sharding(factory.mesh)
+  return jax.jit(train_step, in_shardings=(factory.shardings, batch_sharding),
+                 out_shardings=(factory.shardings, mesh_lib.replicated(factory.mesh)), donate_argnums=0)
+
+
+def _group_norms(factory, grads):
+  if len(factory.group_names) == 1:
+    return {}
+  return optim.group_grad_norms(grads, factory.labels, factory.group_names)
+
+
+def make_eval_step(factory, loss_fn):
+  """params, batch -> metrics; the loss with a fixed rng (eval is deterministic)."""
+
+  def eval_step(params, batch):
+    loss, aux = loss_fn(factory.model(params), batch, jax.random.key(0))
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), {**aux, "loss": loss})
+
+  return jax.jit(eval_step, in_shardings=(factory.param_shardings, mesh_lib.batch_sharding(factory.mesh)),
+                 out_shardings=mesh_lib.replicated(factory.mesh))

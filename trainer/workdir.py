@@ -1,0 +1,41 @@
+"""What a workdir already holds decides what a run may do; all checks here happen before anything is written."""
+import json
+
+from etils import epath
+
+from tessera.trainer import config_loader
+from tessera.trainer.config_loader import ConfigError
+
+# Changing these changes parameter shapes, the tree, or what a saved data position means: not allowed on resume.
+SHAPE_KEYS = ("model.name", "model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads",
+              "model.n_kv_heads", "model.head_dim", "model.d_ff", "model.tie_embeddings", "model.param_dtype",
+              "model.scan_layers", "train.batch_size", "train.seq_len")
+
+
+def config_changes(saved, new):
+  """{key: (old, new)} over flattened configs."""
+  old_flat, new_flat = config_loader.flatten(saved), config_loader.flatten(new)
+  return {k: (old_flat.get(k), new_flat.get(k)) for k in sorted(set(old_flat) | set(new_flat))
+          if old_flat.get(k) != new_flat.get(k)}
+
+
+def check_resume(workdir, config_dict):
+  """Changes against the saved config.json; a shape-relevant change raises ConfigError."""
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    return {}
+  changes = config_changes(json.loads(path.read_text()), config_dict)
+  bad = [k for k in changes if any(k == s or k.startswith(s + ".") for s in SHAPE_KEYS)]
+  if bad:
+    k = bad[0]
+    raise ConfigError(f"config key {k!r} changed from {changes[k][0]!r} to {changes[k][1]!r} but {workdir} has "
+                      f"checkpoints of the old shape; use a new --workdir")
+  return changes
+
+
+def write_json(path, value):
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)
