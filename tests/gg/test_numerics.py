@@ -125,11 +125,12 @@ def test_rf8_encode_decode_equals_value_function_in_range():
 
 
 def test_rf8_edge_cases():
-  x = np.float32([0.0, -0.0, 1.45, 100.0, -100.0, 0.75 * 2.0 ** -14, 0.74 * 2.0 ** -14, 0.9 * 2.0 ** -15])
+  # 1.45 and 100 saturate to 1.5·2^t; 0.69·2^-14 has E = 0 but R = 1 and is kept as (E=1, R=3); 0.6·2^-14 flushes.
+  x = np.float32([0.0, -0.0, 1.45, 100.0, -100.0, 0.74 * 2.0 ** -14, 0.69 * 2.0 ** -14, 0.6 * 2.0 ** -14])
   codes, _ = numerics.encode(x, "rf8", shift=0)
-  assert [hex(c) for c in np.asarray(codes)] == ["0x0", "0x0", "0x79", "0x79", "0xf9", "0xb", "0x0", "0x0"]
+  assert [hex(c) for c in np.asarray(codes)] == ["0x0", "0x0", "0x79", "0x79", "0xf9", "0xb", "0xb", "0x0"]
   np.testing.assert_array_equal(np.asarray(numerics.decode(codes, 0, "rf8")),
-                                [0, 0, 1.5, 1.5, -1.5, 0.75 * 2.0 ** -14, 0, 0])
+                                [0, 0, 1.5, 1.5, -1.5, 0.75 * 2.0 ** -14, 0.75 * 2.0 ** -14, 0])
   assert int(numerics.encode(np.zeros(3, np.float32), "rf8")[1]) == 0
 
 
