@@ -39,8 +39,9 @@ def base_config():
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=[list(r) for r in DEFAULT_RULES]))
 
+  # model.vocab_size=0: the data's tokenizer size padded to a multiple of 128 (byte tokenizer: 257 -> 384).
   c.model = ml_collections.ConfigDict(dict(
-      name="decoder", vocab_size=384, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=0,
+      name="decoder", vocab_size=0, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=0,
       d_ff=512, rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True, dtype="float32",
       param_dtype="float32", remat="none", scan_layers=False, attention_impl="xla", init="normal",
       init_std=0.02))

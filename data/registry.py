@@ -15,3 +15,10 @@ def get(name):
   if name not in PIPELINES:
     raise KeyError(f"data.name: unknown data {name!r}; known: {sorted(PIPELINES)}")
   return PIPELINES[name]
+
+
+def name_for(cfg_data):
+  """The pipeline a config selects: a set `data.path` on the default (embedded) config means a prepared dataset."""
+  if cfg_data.path and cfg_data.name == "embedded":
+    return "prepared"
+  return cfg_data.name

@@ -6,7 +6,7 @@ from flax import nnx
 
 from tessera.models import layers
 
-# Finite, so a fully masked row gives a uniform softmax instead of NaN (and bf16 casts stay finite).
+# Finite, so a fully masked row gives a uniform softmax instead of NaN.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
@@ -36,6 +36,11 @@ def dot_product_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, *, causal=True, segme
   return out_BxTxKxGxD.reshape(B, T, H, D)
 
 
+def head_dim(cfg):
+  """`model.head_dim`, where 0 means d_model // n_heads."""
+  return cfg.head_dim or cfg.d_model // cfg.n_heads
+
+
 def attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT, implementation):
   """Causal attention by `model.attention_impl`: "xla" is the reference above; other names go to the kernels."""
   if implementation == "xla":
@@ -49,15 +54,14 @@ class Attention(nnx.Module):
   """Llama self-attention: q/k/v projections per head, RoPE on q and k, grouped-query attention, output proj."""
 
   def __init__(self, cfg, rngs):
-    head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
-    D, H, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
+    D, H, K, E = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, head_dim(cfg)
     self.dtype = jnp.dtype(cfg.dtype)
     self.rope_theta = cfg.rope_theta
     self.implementation = cfg.attention_impl
-    self.q = layers.param(cfg, rngs, (D, H, head_dim), ("embed", "q_heads", "head_dim"))
-    self.k = layers.param(cfg, rngs, (D, K, head_dim), ("embed", "kv_heads", "head_dim"))
-    self.v = layers.param(cfg, rngs, (D, K, head_dim), ("embed", "kv_heads", "head_dim"))
-    self.o = layers.param(cfg, rngs, (H, head_dim, D), ("q_heads", "head_dim", "embed"), residual_out=True)
+    self.q = layers.param(cfg, rngs, (D, H, E), ("embed", "q_heads", "head_dim"))
+    self.k = layers.param(cfg, rngs, (D, K, E), ("embed", "kv_heads", "head_dim"))
+    self.v = layers.param(cfg, rngs, (D, K, E), ("embed", "kv_heads", "head_dim"))
+    self.o = layers.param(cfg, rngs, (H, E, D), ("q_heads", "head_dim", "embed"), residual_out=True)
 
   def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT):
     x_BxTxD = x_BxTxD.astype(self.dtype)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tessera.models import registry
-from tessera.models.attention import Attention
+from tessera.models.attention import Attention, head_dim
 from tessera.models.layers import RMSNorm, SwiGLU, param
 
 # model.remat -> which activations a block keeps for the backward pass (None: no checkpoint at all).
@@ -22,7 +22,7 @@ REMAT_POLICIES = {
 
 
 class Block(nnx.Module):
-  """x + attn(norm(x)), then x + mlp(norm(x))."""
+  """x + attn(norm(x)), then x + mlp(norm(x)); the residual stream stays in the compute dtype (as in MaxText)."""
 
   def __init__(self, cfg, rngs):
     self.attn_norm = RMSNorm(cfg)
@@ -85,7 +85,8 @@ class Decoder(nnx.Module):
         return nnx.merge(graphdef, state)(x_BxTxD, segment_ids_BxT, positions_BxT)
       if self.remat == "none":
         return apply
-      return jax.checkpoint(apply, policy=REMAT_POLICIES[self.remat])
+      # Inside scan the loop already stops XLA merging recomputation into the forward pass (jax.checkpoint docs).
+      return jax.checkpoint(apply, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
 
     if self.scan_layers:
       graphdef, stacked_state = nnx.split(self.blocks)
@@ -104,13 +105,9 @@ def build(cfg, rngs: nnx.Rngs) -> Decoder:
   return Decoder(cfg, rngs)
 
 
-def _head_dim(cfg):
-  return cfg.head_dim or cfg.d_model // cfg.n_heads
-
-
 def _layer_matmul_params(cfg):
   """Weights of one block's matmuls: q, k, v, o projections and the three SwiGLU matrices."""
-  attn = cfg.d_model * _head_dim(cfg) * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+  attn = cfg.d_model * head_dim(cfg) * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
   return attn + 3 * cfg.d_model * cfg.d_ff
 
 
@@ -127,12 +124,20 @@ def param_count(cfg):
 
 
 def train_flops_per_token(cfg, seq_len):
-  """Training FLOPs per token, PaLM (Chowdhery et al. 2022, appendix B) / MaxText convention.
+  """Training FLOPs per token, PaLM convention (Chowdhery et al. 2022, appendix B), as used for MFU.
 
   6 * (block matmul params + unembedding matmul d_model * vocab) for forward + backward matmuls, plus
   12 * n_layers * seq_len * n_heads * head_dim for the attention scores and values. The attention term counts the
-  full TxT matrix (no causal halving); norms, softmax, activations and the embedding gather are not counted.
+  full TxT matrix (no causal halving, unlike recent MaxText); norms, softmax, activations and the embedding
+  gather are not counted.
   """
   matmul_params = cfg.n_layers * _layer_matmul_params(cfg) + cfg.d_model * cfg.vocab_size
-  attention = 12 * cfg.n_layers * seq_len * cfg.n_heads * _head_dim(cfg)
+  attention = 12 * cfg.n_layers * seq_len * cfg.n_heads * head_dim(cfg)
   return float(6 * matmul_params + attention)
+
+
+@registry.accounting("decoder")
+def accounting(cfg, seq_len):
+  counts = param_count(cfg)
+  return {"params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
+          "train_flops_per_token": train_flops_per_token(cfg, seq_len)}

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Initializer families by `model.init`; each maps a stddev to a jax initializer. A new family is one entry here.
+# Initializer families by `model.init`: (model config, stddev) -> jax initializer. A new family is one entry here.
 INITIALIZERS = {
-  "normal": lambda std: nnx.initializers.normal(stddev=std),
+  "normal": lambda cfg, std: nnx.initializers.normal(stddev=std),
 }
 
 
@@ -25,7 +25,7 @@ def kernel_init(cfg, logical_axes, *, residual_out=False):
   if cfg.init not in INITIALIZERS:
     raise ValueError(f"model.init: unknown initializer {cfg.init!r}; known: {sorted(INITIALIZERS)}")
   std = cfg.init_std / math.sqrt(2 * cfg.n_layers) if residual_out else cfg.init_std
-  return nnx.with_partitioning(INITIALIZERS[cfg.init](std), logical_axes)
+  return nnx.with_partitioning(INITIALIZERS[cfg.init](cfg, std), logical_axes)
 
 
 def param(cfg, rngs, shape, logical_axes, *, residual_out=False):

@@ -44,5 +44,6 @@ TINY = ("--config", "configs/lm.py:tiny")
 def trained_workdir(tmp_path_factory):
   """One finished tiny run shared by the tests that only read a workdir."""
   workdir = tmp_path_factory.mktemp("runs") / "tiny"
-  run_cli(*TINY, "--workdir", workdir, "--config.train.steps=12", "--config.checkpoint.every_steps=6")
+  run_cli(*TINY, "--workdir", workdir, "--config.train.steps=12", "--config.checkpoint.every_steps=6",
+          "--config.profile.start_step=3", "--config.profile.num_steps=2")
   return workdir

@@ -38,20 +38,32 @@ def run(model, tokens_BxT, *, segment_ids_BxT=None, positions_BxT=None):
   return _forward(*nnx.split(model), tokens_BxT, segment_ids_BxT, positions_BxT)
 
 
+def normal(shape, seed=0):
+  """Test inputs from numpy: eager jax.random costs seconds of compile per new shape on a busy CPU."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 def tokens(shape, seed=0):
-  return jax.random.randint(jax.random.key(seed), shape, 0, 64)
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 64, shape), jnp.int32)
 
 
-def copy_params(src, dst):
-  """Loads the unrolled model `src`'s params into `dst` (unrolled or scanned) for equivalence checks."""
-  dst.embed[...] = src.embed[...]
-  dst.final_norm.scale[...] = src.final_norm.scale[...]
-  block_states = [nnx.state(block, nnx.Param) for block in src.blocks]
-  if isinstance(dst.blocks, nnx.List):
-    for block, state in zip(dst.blocks, block_states):
-      nnx.update(block, state)
-  else:
-    nnx.update(dst.blocks, jax.tree.map(lambda *xs: jnp.stack(xs), *block_states))
+def abstract(cfg):
+  """The model's structure without running any initializer (fast: no per-shape init compiles)."""
+  with nnx.use_eager_sharding(False):
+    return nnx.eval_shape(lambda: registry.get("decoder")(cfg, nnx.Rngs(0)))
+
+
+def with_params_of(src, dst):
+  """Fills `dst` (unrolled or scanned, any param dtype) with the unrolled model `src`'s params; returns `dst`."""
+  src_params = dict(nnx.to_flat_state(nnx.state(src, nnx.Param)))
+  def value(path):
+    if path[0] == "blocks" and not isinstance(dst.blocks, nnx.List):
+      return jnp.stack([src_params[("blocks", i, *path[1:])][...] for i in range(len(src.blocks))])
+    return src_params[path][...]
+  flat = [(path, var.replace(value(path).astype(var.dtype)))
+          for path, var in nnx.to_flat_state(nnx.state(dst, nnx.Param))]
+  nnx.update(dst, nnx.from_flat_state(flat))
+  return dst
 
 
 def test_logits_shape_and_dtype():
@@ -81,18 +93,22 @@ def test_packed_segments_match_documents_run_alone():
 
 
 def test_gqa_equals_mha_with_repeated_kv_heads_and_jax_reference():
-  kq, kk, kv = jax.random.split(jax.random.key(0), 3)
-  q_BxTxHxD = jax.random.normal(kq, (2, 6, 4, 8))
-  k_BxSxKxD, v_BxSxKxD = jax.random.normal(kk, (2, 6, 2, 8)), jax.random.normal(kv, (2, 6, 2, 8))
-  gqa = attention.dot_product_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD)
-  mha = attention.dot_product_attention(q_BxTxHxD, jnp.repeat(k_BxSxKxD, 2, axis=2), jnp.repeat(v_BxSxKxD, 2, axis=2))
+  q_BxTxHxD, k_BxSxKxD, v_BxSxKxD = normal((2, 6, 4, 8), 0), normal((2, 6, 2, 8), 1), normal((2, 6, 2, 8), 2)
+
+  @jax.jit
+  def gqa_mha_reference(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD):
+    repeat = lambda x_BxSxKxD: jnp.repeat(x_BxSxKxD, 2, axis=2)
+    return (attention.dot_product_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD),
+            attention.dot_product_attention(q_BxTxHxD, repeat(k_BxSxKxD), repeat(v_BxSxKxD)),
+            jax.nn.dot_product_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, is_causal=True, implementation="xla"))
+
+  gqa, mha, reference = gqa_mha_reference(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD)
   np.testing.assert_allclose(gqa, mha, atol=1e-6)
-  reference = jax.nn.dot_product_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, is_causal=True, implementation="xla")
   np.testing.assert_allclose(gqa, reference, atol=1e-5)
 
 
 def test_rope_scores_depend_only_on_relative_position():
-  q_1x1x1xD, k_1x1x1xD = jax.random.normal(jax.random.key(0), (2, 1, 1, 1, 16))
+  q_1x1x1xD, k_1x1x1xD = normal((1, 1, 1, 16), 0), normal((1, 1, 1, 16), 1)
   def score(q_pos, k_pos):
     q = layers.apply_rope(q_1x1x1xD, jnp.array([[q_pos]]), 10000.0)
     k = layers.apply_rope(k_1x1x1xD, jnp.array([[k_pos]]), 10000.0)
@@ -103,11 +119,17 @@ def test_rope_scores_depend_only_on_relative_position():
 
 def test_scan_layers_equals_unrolled_given_same_params():
   unrolled = build(tiny_cfg())
-  scanned = build(tiny_cfg(scan_layers=True), seed=1)
+  scanned = with_params_of(unrolled, abstract(tiny_cfg(scan_layers=True)))
   assert scanned.blocks.attn.q.shape == (2, 32, 4, 8)
-  copy_params(unrolled, scanned)
   tokens_BxT = tokens((2, 8))
   np.testing.assert_allclose(run(scanned, tokens_BxT), run(unrolled, tokens_BxT), atol=1e-5)
+
+
+def test_scanned_init_draws_each_layer_independently():
+  q_LxDxHxE = build(tiny_cfg(scan_layers=True)).blocks.attn.q[...]
+  assert q_LxDxHxE.shape == (2, 32, 4, 8)
+  assert float(jnp.abs(q_LxDxHxE[0] - q_LxDxHxE[1]).max()) > 1e-2
+  np.testing.assert_allclose(float(jnp.std(q_LxDxHxE)), 0.1, rtol=0.1)
 
 
 def loss_and_grads(model, tokens_BxT):
@@ -121,8 +143,11 @@ def loss_and_grads(model, tokens_BxT):
 @pytest.mark.parametrize("remat,scan_layers", [("full", False), ("dots", True)])
 def test_remat_gives_same_loss_and_gradients(remat, scan_layers):
   tokens_BxT = tokens((2, 9))
-  loss, grads = loss_and_grads(build(tiny_cfg(scan_layers=scan_layers)), tokens_BxT)
-  remat_loss, remat_grads = loss_and_grads(build(tiny_cfg(scan_layers=scan_layers, remat=remat)), tokens_BxT)
+  model = build(tiny_cfg(scan_layers=scan_layers))
+  remat_model = abstract(tiny_cfg(scan_layers=scan_layers, remat=remat))
+  nnx.update(remat_model, nnx.state(model))
+  loss, grads = loss_and_grads(model, tokens_BxT)
+  remat_loss, remat_grads = loss_and_grads(remat_model, tokens_BxT)
   np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), remat_grads, grads)
   assert float(optax.tree.norm(grads)) > 1e-3
@@ -131,7 +156,7 @@ def test_remat_gives_same_loss_and_gradients(remat, scan_layers):
 @pytest.mark.parametrize("tie,scan_layers", [(True, False), (False, True)])
 def test_param_count_matches_built_model(tie, scan_layers):
   cfg = tiny_cfg(tie_embeddings=tie, scan_layers=scan_layers)
-  model = build(cfg)
+  model = abstract(cfg)
   sizes = [x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
   embedding = model.embed.size + (0 if tie else model.unembed.size)
   counts = decoder.param_count(cfg)
@@ -148,12 +173,12 @@ def test_train_flops_per_token_follows_palm_formula():
 def test_every_param_has_logical_axis_names():
   mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(RULES):
-    model = registry.get("decoder")(tiny_cfg(scan_layers=True, tie_embeddings=False), nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: registry.get("decoder")(tiny_cfg(scan_layers=True, tie_embeddings=False),
+                                                           nnx.Rngs(0)))
     specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
-  names = {"/".join(map(str, path)): v.get_metadata()["out_sharding"]
-           for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-  assert all(len(axes) == v.ndim for (_, v), axes in zip(nnx.to_flat_state(nnx.state(model, nnx.Param)),
-                                                         names.values()))
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  assert all(len(var.get_metadata()["out_sharding"]) == var.ndim for _, var in flat)
+  names = {"/".join(map(str, path)): var.get_metadata()["out_sharding"] for path, var in flat}
   assert names["embed"] == ("vocab", "embed") and names["unembed"] == ("embed", "vocab")
   assert names["blocks/attn/q"] == ("layers", "embed", "q_heads", "head_dim")
   assert names["blocks/attn/k"] == ("layers", "embed", "kv_heads", "head_dim")
@@ -165,9 +190,8 @@ def test_every_param_has_logical_axis_names():
 
 def test_bf16_compute_stays_close_to_fp32():
   model32 = build(tiny_cfg())
-  model16 = build(tiny_cfg(dtype="bfloat16", param_dtype="bfloat16"))
+  model16 = with_params_of(model32, abstract(tiny_cfg(dtype="bfloat16", param_dtype="bfloat16")))
   assert model16.blocks[0].mlp.up.dtype == jnp.bfloat16
-  nnx.update(model16, jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.state(model32, nnx.Param)))
   tokens_BxT = tokens((2, 8))
   logits32, logits16 = run(model32, tokens_BxT), run(model16, tokens_BxT)
   assert logits16.dtype == jnp.float32

@@ -23,6 +23,7 @@ def test_workdir_contract(trained_workdir):
   assert losses[12][0] < losses[1][0] - 0.5  # it learns
   steps = sorted(int(p.name) for p in (trained_workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [6, 12]
+  assert list((trained_workdir / "profile").rglob("*.xplane.pb")), "profiler trace missing"
 
 
 def test_plain_orbax_lists_steps_and_restores_state_as_arrays(trained_workdir):

@@ -3,14 +3,21 @@
 `state` = {"step", "params" (pure nested dict), "opt_state", "rng" (raw key data)}, so plain Orbax can list the steps
 and restore it without tessera. The step number is the number of completed updates (Orbax's default naming).
 """
+import os
+
 import orbax.checkpoint as ocp
 from etils import epath
 
 STATE, DATA = "state", "data"
 
 
+def absolute(path):
+  """Orbax wants absolute paths; remote ones (gs://...) already are."""
+  return epath.Path(path) if "://" in str(path) else epath.Path(os.path.abspath(path))
+
+
 def directory(workdir):
-  return epath.Path(workdir) / "checkpoints"
+  return absolute(workdir) / "checkpoints"
 
 
 def latest_step(workdir):

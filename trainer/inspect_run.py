@@ -3,14 +3,12 @@ import json
 
 import jax
 import numpy as np
-from etils import epath
 
-from tessera import data as _data  # noqa: F401  (registers pipelines)
 from tessera import losses as _losses  # noqa: F401  (registers objectives)
-from tessera.data import registry as data_registry
 from tessera.losses import registry as loss_registry
 from tessera.trainer import checkpoint as ckpt_lib
 from tessera.trainer import config_loader
+from tessera.trainer import loop
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import sample as sample_lib
 from tessera.trainer import state as state_lib
@@ -20,7 +18,7 @@ from tessera.trainer.config_loader import ConfigError
 
 def load(workdir):
   """(config, factory, params, step, pipeline) of the latest checkpoint; the mesh is rebuilt for this host."""
-  workdir = epath.Path(workdir)
+  workdir = ckpt_lib.absolute(workdir)
   if not (workdir / "config.json").exists():
     raise ConfigError(f"--workdir: {workdir}/config.json not found (not a tessera run)")
   config = config_loader.from_json(workdir / "config.json")
@@ -33,8 +31,7 @@ def load(workdir):
   checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint)
   params = checkpointer.restore_params(step, factory.abstract_params_sharded())
   checkpointer.close()
-  pipeline = data_registry.get(config.data.name)(config.data, seq_len=config.train.seq_len,
-                                                 global_batch_size=config.train.batch_size, seed=config.seed)
+  pipeline = loop.build_pipeline(config)
   return config, factory, params, step, pipeline
 
 

@@ -9,12 +9,12 @@ import time
 
 import jax
 import numpy as np
-from etils import epath
 
 from tessera import data as _data  # noqa: F401  (registers pipelines)
 from tessera import losses as _losses  # noqa: F401  (registers objectives)
 from tessera.data import registry as data_registry
 from tessera.losses import registry as loss_registry
+from tessera.models import registry as model_registry
 from tessera.trainer import checkpoint as ckpt_lib
 from tessera.trainer import config_loader
 from tessera.trainer import mesh as mesh_lib
@@ -45,7 +45,7 @@ class Run:
   """One run in one workdir. `setup()` builds everything (nothing written); `train()` writes and trains."""
 
   def __init__(self, config, workdir, init_from=None):
-    self.config, self.workdir, self.init_from = config, epath.Path(workdir), init_from
+    self.config, self.workdir, self.init_from = config, ckpt_lib.absolute(workdir), init_from
     self.config_dict = config_loader.to_dict(config)
     self.latest = ckpt_lib.latest_step(self.workdir)
 
@@ -58,14 +58,12 @@ class Run:
     if self.init_from and self.latest is not None:
       raise ConfigError(f"--init-from: {self.workdir} already has checkpoints (step {self.latest}); "
                         "use a fresh --workdir")
+    self.data = build_pipeline(c)
+    resolve_vocab_size(c, self.data.vocab_size)
+    self.config_dict = config_loader.to_dict(c)
     self.changes = workdir_lib.check_resume(self.workdir, self.config_dict) if self.latest is not None else {}
     validate.validate(c, jax.device_count())
     self.mesh = mesh_lib.make_mesh(c)
-    self.data = _registered(data_registry, c.data.name)(c.data, seq_len=c.train.seq_len,
-                                               global_batch_size=c.train.batch_size, seed=c.seed)
-    if c.model.vocab_size < self.data.vocab_size:
-      raise ConfigError(f"config key 'model.vocab_size': {c.model.vocab_size} is smaller than the tokenizer's "
-                        f"vocabulary ({self.data.vocab_size})")
     self.factory = state_lib.StateFactory(c, self.mesh)
     self.loss_fn = _registered(loss_registry, c.loss.name)(c.loss)
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
@@ -119,10 +117,12 @@ class Run:
       if self.changes:
         self.writer.text("config_changes", "\n".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.changes.items()),
                          start)
-    flops_per_token = model_flops_per_token(factory, c)
+    counts = model_accounting(factory, c)
+    flops_per_token = counts["train_flops_per_token"]
     peak = metrics_lib.peak_flops_per_device(c.model.dtype)
-    log(f"{jax.device_count()} devices, mesh {dict(self.mesh.shape)}; params {param_total(factory):,}; "
-        f"{flops_per_token / 1e6:.1f} MFLOP/token; peak {peak / 1e9:.1f} GFLOP/s/device")
+    log(f"{jax.device_count()} devices, mesh {dict(self.mesh.shape)}; " + ", ".join(
+        f"{k} {v:,.0f}" for k, v in counts.items()) + f"; peak {peak / 1e9:.1f} GFLOP/s/device")
+    self.writer.text("accounting", "\n".join(f"{k}: {v:,.0f}" for k, v in counts.items()), start)
 
     train_step = step_lib.make_train_step(factory, self.loss_fn)
     eval_step = step_lib.make_eval_step(factory, self.loss_fn)
@@ -135,6 +135,8 @@ class Run:
     handlers = {s: signal.signal(s, lambda signum, _: stop_signal.append(signum))
                 for s in (signal.SIGTERM, signal.SIGINT)}
     pending, last_time, last_save_time = None, time.perf_counter(), time.perf_counter()
+    self.step_times = {}
+    paused = [0.0]  # seconds spent in eval/checkpointing since the last report: not step time
     summary = {"step": start, "train_loss": None, "eval_loss": None, "tokens_per_second": None, "mfu": None}
 
     def report(pending_metrics):
@@ -145,7 +147,9 @@ class Run:
         raise NonFiniteLoss(f"non-finite loss {values['loss']} (grad norm {values['grad_norm']}) at step {step}; "
                             f"last good checkpoint: step {self.ckpt.latest_step()} (intact)")
       now = time.perf_counter()
-      step_time, last_time = now - last_time, now
+      step_time, last_time = now - last_time - paused[0], now
+      paused[0] = 0.0
+      self.step_times[step] = step_time
       tps = tokens_per_step / step_time
       values.update(step_time=step_time, tokens_per_second=tps,
                     tflops_per_device=flops_per_token * tps / jax.device_count() / 1e12,
@@ -158,17 +162,21 @@ class Run:
       summary.update(step=step, train_loss=values["loss"], tokens_per_second=tps, mfu=values["mfu"])
 
     def evaluate(step):
+      began = time.perf_counter()
       results = [jax.device_get(eval_step(state["params"], b)) for b in eval_batches]
       loss = float(np.mean([r["loss"] for r in results]))
       self.writer.scalars(step, {"loss": loss}, "eval")
       log(f"step {step}: eval loss {loss:.4f}")
       summary["eval_loss"] = loss
+      paused[0] += time.perf_counter() - began
 
     def save(step):
       nonlocal last_save_time
+      began = time.perf_counter()
       self.writer.flush()  # events on disk before the checkpoint that covers them commits
       self.ckpt.save(step, state, {"next_batch": position["next_batch"] + step - start})
       last_save_time = time.perf_counter()
+      paused[0] += last_save_time - began
 
     try:
       profiling = False
@@ -217,6 +225,25 @@ class Run:
     return summary
 
 
+def build_pipeline(c):
+  """The config's data pipeline; a builder's ValueError (bad path, file, row) is a one-line input error."""
+  builder = _registered(data_registry, data_registry.name_for(c.data))
+  try:
+    return builder(c.data, seq_len=c.train.seq_len, global_batch_size=c.train.batch_size, seed=c.seed)
+  except (ValueError, FileNotFoundError) as e:
+    raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def resolve_vocab_size(c, tokenizer_vocab):
+  """model.vocab_size=0 takes the tokenizer's size padded to a multiple of 128; an explicit one must fit it."""
+  if c.model.vocab_size == 0:
+    with c.unlocked():
+      c.model.vocab_size = -(-tokenizer_vocab // 128) * 128
+  elif c.model.vocab_size < tokenizer_vocab:
+    raise ConfigError(f"config key 'model.vocab_size': {c.model.vocab_size} is smaller than the tokenizer's "
+                      f"vocabulary ({tokenizer_vocab})")
+
+
 def _registered(registry, name):
   try:
     return registry.get(name)
@@ -232,9 +259,10 @@ def param_total(factory):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(factory.abstract_params))
 
 
-def model_flops_per_token(factory, config):
-  """The model's own accounting when it offers one (training FLOPs per token), else 6 x params."""
-  model = factory.model(factory.abstract_params)
-  if hasattr(model, "train_flops_per_token"):
-    return float(model.train_flops_per_token(config.train.seq_len))
-  return 6.0 * param_total(factory)
+def model_accounting(factory, config):
+  """The model's registered counts (params, FLOPs per token) or 6 x params when it registers none."""
+  fn = model_registry.ACCOUNTING.get(config.model.name)
+  if fn is not None:
+    return dict(fn(config.model, config.train.seq_len))
+  total = param_total(factory)
+  return {"params_total": total, "train_flops_per_token": 6.0 * total}

@@ -85,7 +85,9 @@ def validate(config, device_count=None):
   _one_of(config, "model.param_dtype", DTYPES)
   _one_of(config, "model.remat", REMAT)
   _one_of(config, "model.attention_impl", ATTENTION)
-  for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
+  _check(isinstance(m.vocab_size, int) and m.vocab_size >= 0, "model.vocab_size",
+         f"must be >= 0 (0 = the tokenizer's size padded to a multiple of 128), got {m.vocab_size!r}")
+  for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
     _check(isinstance(m[key], int) and m[key] >= 1, f"model.{key}", f"must be a positive int, got {m[key]!r}")
   _check(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads",
          f"model.n_heads={m.n_heads} is not a multiple of n_kv_heads={m.n_kv_heads}")
@@ -94,7 +96,7 @@ def validate(config, device_count=None):
   tensor = sizes["tensor"]
   if tensor != -1:
     for key in ("n_heads", "n_kv_heads", "vocab_size", "d_ff"):
-      _check(m[key] % tensor == 0, f"model.{key}", f"{m[key]} is not divisible by mesh.tensor={tensor}")
+      _check(m[key] % tensor == 0 or (key == "vocab_size" and m[key] == 0), f"model.{key}", f"{m[key]} is not divisible by mesh.tensor={tensor}")
 
   c = config.checkpoint
   _check(c.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0 (0 = only at the end), got {c.every_steps}")

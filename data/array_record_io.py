@@ -1,0 +1,54 @@
+"""Token records in ArrayRecord shards: the on-disk format of every prepared dataset.
+
+A record is raw little-endian bytes: int32 token ids, optionally followed by one int64 timestamp (microseconds)
+per token (MEDS). Raw arrays cost nothing to decode, and `group_size:1` keeps every record randomly readable.
+"""
+
+import pathlib
+from typing import Iterable
+
+from array_record.python import array_record_module
+import grain
+import numpy as np
+
+SHARD_SUFFIX = ".array_record"
+
+
+def shard_names(prefix: str, num_shards: int) -> list[str]:
+  return [f"{prefix}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}" for i in range(num_shards)]
+
+
+def write_shards(out_dir: pathlib.Path, prefix: str, records: Iterable[bytes], num_records: int,
+                 records_per_shard: int) -> list[str]:
+  """Writes `num_records` records in order into ceil(n / records_per_shard) shards; returns the shard names."""
+  num_shards = max(-(-num_records // records_per_shard), 1)
+  names = shard_names(prefix, num_shards)
+  records = iter(records)
+  for shard, name in enumerate(names):
+    writer = array_record_module.ArrayRecordWriter(str(out_dir / name), "group_size:1")
+    for _ in range(min(records_per_shard, num_records - shard * records_per_shard)):
+      writer.write(next(records))
+    writer.close()
+  return names
+
+
+def encode_record(tokens: np.ndarray, times_us: np.ndarray | None = None) -> bytes:
+  data = np.asarray(tokens, dtype="<i4").tobytes()
+  if times_us is not None:
+    data += np.asarray(times_us, dtype="<i8").tobytes()
+  return data
+
+
+def decode_tokens(record: bytes, with_times: bool) -> np.ndarray:
+  count = len(record) // (12 if with_times else 4)
+  return np.frombuffer(record, dtype="<i4", count=count)
+
+
+def decode_times(record: bytes) -> np.ndarray:
+  count = len(record) // 12
+  return np.frombuffer(record, dtype="<i8", count=count, offset=4 * count)
+
+
+def open_source(directory: pathlib.Path, names: list[str]) -> grain.sources.ArrayRecordDataSource:
+  """One random-access source over the shards in order (record i of the split = index i)."""
+  return grain.sources.ArrayRecordDataSource([str(directory / name) for name in names])

@@ -1,0 +1,162 @@
+"""scripts/prepare_meds: a MEDS dataset -> per-subject event-token sequences in ArrayRecord, vocab.json, labels.
+
+  scripts/prepare_meds --input ../shared/data/mimic-iv-demo-meds --out data/mimic-demo
+  scripts/train --config configs/lm.py:small --config.data.path=data/mimic-demo --workdir runs/ehr
+
+Each record is one subject: int32 token ids followed by one int64 timestamp (us) per token. The vocabulary and value
+deciles are fitted on the `train` split of metadata/subject_splits.parquet only. Derived probe labels go to
+DIR/labels/<task>.parquet (with any labels/*.parquet the input already carries).
+"""
+
+import argparse
+import hashlib
+import pathlib
+import shutil
+import sys
+import time
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tessera.data import array_record_io
+from tessera.data import meds_labels
+from tessera.data import meds_schema
+from tessera.data import meds_tokenize
+from tessera.data import prepare_io
+from tessera.data.prepare_io import DataError
+from tessera.data.prepared import RECORDS_FILE, UNIGRAM_FILE
+
+FORMAT_VERSION = 1
+SPLIT_ORDER = ("train", "tuning", "held_out")
+LARGE_TRAIN_SUBJECTS = 1000
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(prog="scripts/prepare_meds", description=__doc__.splitlines()[0])
+  parser.add_argument("--input", required=True, type=pathlib.Path, metavar="MEDS_DIR")
+  parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR")
+  parser.add_argument("--min-subjects", type=int, default=0,
+                      help=f"train subjects a code needs to get its own token (default: 2, or 100 with >= "
+                           f"{LARGE_TRAIN_SUBJECTS} train subjects)")
+  parser.add_argument("--records-per-shard", type=int, default=1000, help="subjects per ArrayRecord shard")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing different dataset in --out")
+  return parser.parse_args(argv)
+
+
+def _fingerprint(args, meds_dir: pathlib.Path) -> str:
+  digest = hashlib.sha256(repr((FORMAT_VERSION, args.min_subjects, args.records_per_shard)).encode())
+  for path in sorted(p for p in meds_dir.rglob("*") if p.is_file() and p.suffix in (".parquet", ".json")):
+    digest.update(str(path.relative_to(meds_dir)).encode() + path.read_bytes())
+  return digest.hexdigest()
+
+
+def _input_labels(meds_dir: pathlib.Path) -> list[pathlib.Path]:
+  """labels/*.parquet shipped with the input (e.g. the synthetic generator's), checked for the MEDS label keys."""
+  paths = sorted((meds_dir / "labels").glob("*.parquet"))
+  for path in paths:
+    names = pq.ParquetFile(path).schema_arrow.names
+    for column in ("subject_id", "prediction_time"):
+      if column not in names:
+        raise DataError(f"{path}: column {column!r} missing (a MEDS label file)")
+  return paths
+
+
+def prepare(argv=None) -> dict:
+  args = parse_args(argv)
+  began = time.perf_counter()
+  meds_dir = args.input
+  events = meds_schema.read_events(meds_dir)
+  subjects = np.unique(events.subject_id)
+  split_of = meds_schema.read_splits(meds_dir, subjects)
+  meds_schema.check_codes_metadata(meds_dir)
+  input_labels = _input_labels(meds_dir)
+  split_names = sorted(set(split_of.values()), key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 3, s))
+  if "train" not in split_names:
+    raise DataError(f"{meds_dir / meds_schema.SPLITS_FILE}: column 'split': no subject is in 'train'")
+  train_subjects = np.asarray([s for s, split in split_of.items() if split == "train"], dtype=np.int64)
+  if not args.min_subjects:
+    args.min_subjects = 100 if len(train_subjects) >= LARGE_TRAIN_SUBJECTS else 2
+  fingerprint = _fingerprint(args, meds_dir)
+  if prepare_io.existing_dataset_matches(args.out, fingerprint, args.overwrite):
+    print(f"prepare_meds: {args.out} already holds this dataset; nothing to do")
+    return prepare_io.read_json(args.out / prepare_io.STATS_FILE)
+
+  print(f"fitting the vocabulary on {len(train_subjects):,} train subjects (min_subjects={args.min_subjects})...",
+        file=sys.stderr)
+  vocab = meds_tokenize.fit(events, np.isin(events.subject_id, train_subjects), args.min_subjects)
+  tokenizer = meds_tokenize.EventTokenizer(vocab)
+  subject_tokens = meds_tokenize.SubjectTokenizer(tokenizer, events)
+  label_tables = meds_labels.derive(events)
+
+  with prepare_io.staged_dir(args.out) as staging:
+    prepare_io.write_json(staging / meds_tokenize.VOCAB_FILE, vocab)
+    index = {"split": [], "record": [], "subject_id": [], "num_tokens": [], "first_time": [], "last_time": []}
+    counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    splits, skipped = {}, 0
+    progress = prepare_io.Progress(len(subjects), "tokenizing subjects", "subjects")
+    for split in split_names:
+      sequences = []
+      for subject in sorted(s for s, name in split_of.items() if name == split):
+        sequence = subject_tokens.subject(subject)
+        progress.update()
+        if sequence is None:
+          skipped += 1
+          continue
+        sequences.append((subject, *sequence))
+      if not sequences:
+        continue
+      shards = array_record_io.write_shards(staging, split, (array_record_io.encode_record(tokens, times)
+                                                             for _, tokens, times in sequences),
+                                            len(sequences), args.records_per_shard)
+      for record, (subject, tokens, times) in enumerate(sequences):
+        index["split"].append(split)
+        index["record"].append(record)
+        index["subject_id"].append(subject)
+        index["num_tokens"].append(len(tokens))
+        index["first_time"].append(int(times[0]))
+        index["last_time"].append(int(times[-1]))
+        if split == "train":
+          counts += np.bincount(tokens, minlength=tokenizer.vocab_size)
+      splits[split] = {"shards": shards, "subjects": len(sequences),
+                       "tokens": int(sum(len(t) for _, t, _ in sequences))}
+    progress.close()
+    if skipped:
+      warnings.warn(f"{skipped} subject(s) have no timed events besides birth; left out")
+    table = pa.table(index)
+    for column in ("first_time", "last_time"):
+      table = table.set_column(table.schema.get_field_index(column), column,
+                               table.column(column).cast(pa.timestamp("us")))
+    pq.write_table(table, staging / RECORDS_FILE)
+    np.save(staging / UNIGRAM_FILE, counts)
+    meds_labels.write(label_tables, staging / "labels")
+    for path in input_labels:
+      shutil.copy(path, staging / "labels" / path.name)
+    eval_split = next((s for s in ("tuning", "held_out") if s in splits), "train")
+    seconds = time.perf_counter() - began
+    stats = {
+        "kind": "meds", "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "tokenizer": "codes",
+        "source": str(meds_dir), "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+        "pad_id": tokenizer.pad_id, "record_times": True, "train_split": "train", "eval_split": eval_split,
+        "splits": splits, "subjects": int(sum(s["subjects"] for s in splits.values())), "events": len(events),
+        "tokens": int(sum(s["tokens"] for s in splits.values())), "min_subjects": args.min_subjects,
+        "labels": sorted(p.stem for p in (staging / "labels").glob("*.parquet")),
+        "seconds": seconds, "events_per_second": len(events) / seconds,
+    }
+    prepare_io.write_json(staging / prepare_io.STATS_FILE, stats)
+  print(f"prepare_meds: wrote {args.out}: {stats['subjects']:,} subjects ("
+        + ", ".join(f"{name} {s['subjects']:,}" for name, s in splits.items())
+        + f"), {stats['events']:,} events -> {stats['tokens']:,} tokens, vocab {stats['vocab_size']:,}, "
+        f"{len(stats['labels'])} label tasks, {seconds:.1f} s ({stats['events_per_second']:,.0f} events/s)")
+  return stats
+
+
+def main(argv=None) -> int:
+  warnings.simplefilter("always")
+  warnings.formatwarning = lambda message, *_: f"warning: {message}\n"
+  return prepare_io.run_main(prepare, argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

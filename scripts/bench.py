@@ -1,0 +1,133 @@
+"""Trainer overhead and CPU throughput benchmark (see scripts/bench).
+
+Default: the trainer's real loop vs a bare jitted loop over the same quickstart model, optimizer and batches,
+interleaved segments, repeated; reports the median step-time ratio `trainer_vs_bare_ratio` (goal >= 0.97),
+plus the quickstart model's mfu, tokens_per_second and compile_seconds.
+--shapes a,b: tokens/s and CPU MFU of the reference shapes in fp32 and bf16 compute (fp32 params).
+"""
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+
+from tessera.losses import registry as loss_registry
+from tessera.trainer import cli, loop, metrics, step as step_lib
+
+SHAPES = {  # name: (d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch)
+    "a": (256, 4, 4, 1024, 8192, 256, 16),
+    "b": (512, 8, 8, 2048, 32000, 512, 8),
+}
+PLAIN_FLAX_TOKENS_PER_SECOND = {"a": 2400, "b": 365}  # issue 2's plain Flax/optax fp32 step on this machine
+
+
+def bare_step_time(run, batches, steps):
+  """Median seconds per step of a bare `jax.jit` loop (same model, optimizer, batches), blocking only at the end."""
+  factory = run.factory
+  loss_fn = run.loss_fn
+
+  def bare(state, batch):
+    grad_fn = jax.value_and_grad(lambda p: loss_fn(factory.model(p), batch, None)[0])
+    loss, grads = grad_fn(state["params"])
+    updates, opt_state = factory.tx.update(grads, state["opt_state"], state["params"])
+    params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
+    return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
+
+  bare = jax.jit(bare, donate_argnums=0)
+  with factory.context():
+    state = factory.init(run.config.seed)
+    state, loss = bare(state, batches[0])
+    loss.block_until_ready()
+    times = []
+    for i in range(steps):
+      start = time.perf_counter()
+      state, loss = bare(state, batches[i % len(batches)])
+      loss.block_until_ready()
+      times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def trainer_segment(config_spec, overrides, workdir, steps):
+  """Runs the real trainer loop for `steps` more steps in `workdir`; returns (median step time, summary)."""
+  config, _ = cli.load_config(config_spec, {**overrides, "train.steps": steps})
+  run = loop.Run(config, workdir).setup()
+  summary = run.train()
+  times = [t for s, t in sorted(run.step_times.items()) if s > (run.latest or 0) + 2]
+  return statistics.median(times), summary, run
+
+
+def overhead(args):
+  overrides = {"eval.every_steps": 0, "checkpoint.every_steps": 0, "checkpoint.every_seconds": 0.0,
+               "sample.max_new_tokens": 1, "optim.warmup_steps": 0}
+  ratios, rows = [], []
+  with tempfile.TemporaryDirectory() as tmp:
+    for repeat in range(args.repeats):
+      trainer_time, summary, run = trainer_segment(args.config, overrides, tmp, (repeat + 1) * args.steps)
+      batches = [run.global_batch(b) for b, _ in zip(run.data.train_batches(0, run.rows), range(4))]
+      bare_time = bare_step_time(run, batches, args.steps)
+      ratios.append(bare_time / trainer_time)
+      rows.append({"trainer_step_s": trainer_time, "bare_step_s": bare_time})
+      print(f"repeat {repeat}: trainer {trainer_time * 1e3:.1f} ms/step, bare {bare_time * 1e3:.1f} ms/step, "
+            f"ratio {ratios[-1]:.3f}", file=sys.stderr)
+    compile_seconds = compile_time(run)
+  return {"trainer_vs_bare_ratio": statistics.median(ratios), "repeats": rows, "mfu": summary["mfu"],
+          "tokens_per_second": summary["tokens_per_second"], "compile_seconds": compile_seconds}
+
+
+def compile_time(run):
+  train_step = step_lib.make_train_step(run.factory, loss_registry.get(run.config.loss.name)(run.config.loss))
+  b, t = run.config.train.batch_size, run.config.train.seq_len
+  batch = {k: jax.ShapeDtypeStruct((b, t), "float32" if k == "loss_mask" else "int32")
+           for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask")}
+  start = time.perf_counter()
+  with run.factory.context():
+    train_step.lower(run.factory.abstract_state(), batch).compile()
+  return time.perf_counter() - start
+
+
+def shapes(names, steps):
+  out = {}
+  for name in names:
+    d, n_layers, heads, d_ff, vocab, seq_len, batch = SHAPES[name]
+    for dtype in ("float32", "bfloat16"):
+      overrides = {"model.d_model": d, "model.n_layers": n_layers, "model.n_heads": heads, "model.n_kv_heads": heads,
+                   "model.d_ff": d_ff, "model.vocab_size": vocab, "train.seq_len": seq_len,
+                   "train.batch_size": batch, "model.dtype": dtype, "eval.every_steps": 0, "eval.batches": 1,
+                   "checkpoint.every_steps": 0, "checkpoint.every_seconds": 0.0, "sample.max_new_tokens": 1}
+      with tempfile.TemporaryDirectory() as tmp:
+        step_time, summary, _ = trainer_segment("configs/lm.py:small", overrides, tmp, steps)
+      tps = batch * seq_len / step_time
+      fp32_peak = metrics.measure_cpu_matmul_peak("float32") / jax.local_device_count()
+      out[f"{name}_{dtype}"] = {
+          "tokens_per_second": tps, "vs_plain_flax_fp32": tps / PLAIN_FLAX_TOKENS_PER_SECOND[name],
+          "mfu_vs_fp32_peak": summary["mfu"] * metrics.peak_flops_per_device(dtype) / fp32_peak,
+          "mfu_vs_own_dtype_peak": summary["mfu"]}
+      print(name, dtype, json.dumps(out[f"{name}_{dtype}"]), file=sys.stderr)
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--json", help="write the results here")
+  p.add_argument("--config", default="configs/quickstart.py")
+  p.add_argument("--steps", type=int, default=30, help="steps per segment")
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--shapes", help="comma-separated reference shapes (a,b) to measure instead of the overhead")
+  args = p.parse_args()
+  results = {"jax": jax.__version__, "devices": jax.device_count()}
+  if args.shapes:
+    results["shapes"] = shapes(args.shapes.split(","), args.steps)
+  else:
+    results.update(overhead(args))
+  text = json.dumps(results, indent=2)
+  print(text)
+  if args.json:
+    with open(args.json, "w") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,60 @@
+"""GPU lowering check that runs on a CPU-only machine (kernels.md 8).
+
+Exporting for the "cuda" platform runs the Pallas -> Triton lowering and embeds `__gpu$xla.gpu.triton` custom
+calls: non-power-of-two in-kernel shapes, unsupported primitives and bad BlockSpecs fail here, in CI, instead of
+on a lent GPU. It does not run Triton -> PTX or ptxas.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from tessera.models.kernels.attention_pallas import BlockSizes, flash_attention
+from tessera.models.kernels.stem_lookup import gated_lookup, lookup_pallas_call
+
+TRITON = "__gpu$xla.gpu.triton"
+sds = jax.ShapeDtypeStruct
+
+
+def export_for_cuda(fn, *shapes):
+  exported = jax.export.export(jax.jit(fn), platforms=("cuda",),
+                               disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(TRITON)])(*shapes)
+  return exported.mlir_module()
+
+
+@pytest.mark.parametrize("retention", [None, "mul_logit", "add_bias"])
+def test_attention_forward_and_backward_lower_to_triton(retention):
+  B, T, H, K, D = 1, 256, 4, 2, 64
+
+  def fwd_bwd(q, k, v, log_beta, segment_ids):
+    def attend(q, k, v, log_beta):
+      return flash_attention(q, k, v, segment_ids=segment_ids, log_retention=log_beta if retention else None,
+                             retention_mode=retention or "mul_logit", interpret=False)
+
+    out, vjp = jax.vjp(attend, q, k, v, log_beta)
+    return out, vjp(out)
+
+  module = export_for_cuda(fwd_bwd, sds((B, T, H, D), jnp.bfloat16), sds((B, T, K, D), jnp.bfloat16),
+                           sds((B, T, K, D), jnp.bfloat16), sds((B, K, T), jnp.float32), sds((B, T), jnp.int32))
+  assert module.count(TRITON) == 3
+  for name in ("tessera_attention_fwd", "tessera_attention_dq", "tessera_attention_dkv"):
+    assert name in module
+
+
+def test_stem_lookup_lowers_to_triton():
+  def fwd_bwd(table, ids, gate):
+    out, vjp = jax.vjp(lambda t, g: gated_lookup(t, ids, g, use_pallas=True, interpret=False), table, gate)
+    return out, vjp(out)
+
+  module = export_for_cuda(fwd_bwd, sds((1000, 256), jnp.bfloat16), sds((4, 64), jnp.int32),
+                           sds((4, 64, 256), jnp.bfloat16))
+  assert module.count(TRITON) == 1 and "tessera_stem_lookup" in module
+
+
+def test_non_power_of_two_block_is_rejected():
+  with pytest.raises(ValueError, match="power of 2"):
+    export_for_cuda(lambda t, i, g: lookup_pallas_call(t, i, g, block_t=16, block_f=96, interpret=False),
+                    sds((100, 192), jnp.bfloat16), sds((64,), jnp.int32), sds((64, 192), jnp.bfloat16))
+  with pytest.raises(ValueError, match="powers of two"):
+    x = jnp.zeros((1, 64, 2, 32))
+    flash_attention(x, x, x, block_sizes=BlockSizes(q=48), interpret=False)

@@ -1,0 +1,48 @@
+"""Sharded equals unsharded on 8 fake CPU devices; FSDP divides parameter and optimizer bytes by the mesh."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY, run_cli, tb_scalars
+
+
+def test_2x2x2_mesh_matches_one_device(tmp_path):
+  steps = ("--config.train.steps=5", "--config.eval.every_steps=0", "--config.sample.max_new_tokens=2")
+  run_cli(*TINY, "--workdir", tmp_path / "one", *steps)
+  run_cli(*TINY, "--workdir", tmp_path / "eight", *steps, "--config.mesh.data=2", "--config.mesh.fsdp=2",
+          "--config.mesh.tensor=2", devices=8)
+  one, eight = tb_scalars(tmp_path / "one", "train/loss"), tb_scalars(tmp_path / "eight", "train/loss")
+  assert sorted(one) == sorted(eight) == [1, 2, 3, 4, 5]
+  for step in one:
+    assert eight[step][0] == pytest.approx(one[step][0], rel=1e-5, abs=1e-5)
+
+
+_MEMORY = """
+import json, jax
+from tessera.trainer import cli, mesh as mesh_lib, state as state_lib, step as step_lib
+from tessera.losses import registry
+out = {}
+for name, mesh in (("replicated", {"mesh.data": 8}), ("fsdp", {"mesh.data": 1, "mesh.fsdp": 8})):
+  config, _ = cli.load_config("configs/lm.py:small", {**mesh, "model.vocab_size": 384})
+  factory = state_lib.StateFactory(config, mesh_lib.make_mesh(config))
+  step = step_lib.make_train_step(factory, registry.get("next_token")(config.loss))
+  b, t = config.train.batch_size, config.train.seq_len
+  batch = {k: jax.ShapeDtypeStruct((b, t), "float32" if k == "loss_mask" else "int32")
+           for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask")}
+  with factory.context():
+    analysis = step.lower(factory.abstract_state(), batch).compile().memory_analysis()
+  out[name] = analysis.argument_size_in_bytes - 5 * b * t * 4 // 8   # minus this device's batch shard
+print(json.dumps(out))
+"""
+
+
+def test_fsdp_divides_state_bytes_per_device():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run([sys.executable, "-c", _MEMORY], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  sizes = json.loads(result.stdout.strip().splitlines()[-1])
+  assert sizes["fsdp"] <= 1.05 / 8 * sizes["replicated"], sizes
