@@ -1,4 +1,4 @@
-"""Synthetic MEDS data with planted dynamics (jepa_ehr.md §6): the future depends on a latent trend, not the last value.
+"""Synthetic MEDS data with planted dynamics (jepa_ehr.md §6): the future follows a latent trend, not the last value.
 
   python -m tessera.data.meds_synth --out data/synth-meds [--subjects 4000] [--seed 0]
 

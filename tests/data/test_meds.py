@@ -39,7 +39,8 @@ def _events(rows) -> meds_schema.Events:
 
 def test_hand_built_subject_gives_the_golden_token_sequence():
   t0 = _us(2040, 1, 1)
-  rows = [(7, t0 + 7_200_000_000, "LAB//A", 9.5), (7, None, "GENDER//F", None), (7, _us(1985, 6, 1), "MEDS_BIRTH", None),
+  rows = [(7, t0 + 7_200_000_000, "LAB//A", 9.5), (7, None, "GENDER//F", None),
+          (7, _us(1985, 6, 1), "MEDS_BIRTH", None),
           (7, t0, "LAB//A", 3.5), (7, t0, "ADMIT", None), (7, t0 + 30_000_000, "LAB//Z", 1.0),
           (7, t0 + 7_200_000_000 + 2 * 86_400_000_000, "LAB//A", None)]
   tokens = list(meds_tokenize.SPECIALS) + list(meds_tokenize.Q_TOKENS) + [
