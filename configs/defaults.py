@@ -11,6 +11,7 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
+    ("stem_vocab", None),  # STEM tables: replicated along V (sharding it over batch axes all-gathers every step)
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
@@ -29,7 +30,7 @@ def base_config():
   steps = c.train.get_ref("steps")
   c.optim = ml_collections.ConfigDict(dict(
       lr=3e-3, schedule="cosine", warmup_steps=steps // 20, lr_min_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
-      clip=1.0, weight_decay=0.1, groups=[]))
+      clip=1.0, weight_decay=0.1, groups=[], stem_update="dense"))
 
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=200, every_seconds=600.0, max_to_keep=3, keep_period=0, async_save=True))
@@ -45,6 +46,9 @@ def base_config():
       d_ff=512, rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True, dtype="float32",
       param_dtype="float32", remat="none", scan_layers=False, attention_impl="xla", init="normal",
       init_std=0.02))
+  # STEM (model.name="stem"): layers None = all but layer 0, or "1/3" | "1/2" | "all" | a list of indices.
+  c.model.stem = ml_collections.ConfigDict(dict(
+      layers=None, table_init="xavier_normal", lookup_impl="xla", offload=False))
 
   c.loss = ml_collections.ConfigDict(dict(name="next_token"))
   c.data = ml_collections.ConfigDict(dict(name="embedded", path="", workers=0, prefetch=4))

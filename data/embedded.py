@@ -5,37 +5,16 @@ process computes the same stream and reads only its own row slice of each batch,
 batch exactly once, and the whole resume state is the global batch index -- whatever the process or worker count.
 """
 
-import sys
+import functools
 from typing import Iterator
 
-from absl import flags
-import grain
 import numpy as np
 
 from tessera.data import byte_tokenizer
 from tessera.data import embedded_corpus
+from tessera.data import global_order
 from tessera.data import packing
 from tessera.data import registry
-
-
-def _shuffle_seed(seed: int) -> int:
-  """Scrambles the user seed: grain shuffles epoch e with seed + e, which would make (seed, 1) == (seed + 1, 0)."""
-  return int(np.random.SeedSequence(seed).generate_state(1)[0])
-
-
-class _GatherBatch:
-  """Global batch index -> this process's rows of it, as model fields (a class so workers can unpickle it)."""
-
-  def __init__(self, row_stream: grain.MapDataset, global_batch_size: int, local_rows: np.ndarray, eos_id: int):
-    self._row_stream = row_stream
-    self._global_batch_size = global_batch_size
-    self._local_rows = local_rows
-    self._eos_id = eos_id
-
-  def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
-    first = batch_index * self._global_batch_size
-    rows_bxL = np.stack([self._row_stream[first + int(r)] for r in self._local_rows])
-    return packing.batch_fields(rows_bxL, self._eos_id)
 
 
 class EmbeddedPipeline:
@@ -64,27 +43,18 @@ class EmbeddedPipeline:
     """An epoch is one pass over every packed train row; batches run across epoch ends without a gap."""
     return self.num_train_rows
 
-  def _local_rows(self, rows: slice) -> np.ndarray:
-    local_rows = np.arange(self.global_batch_size)[rows]
-    if len(local_rows) == 0:
-      raise ValueError(f"data: row slice {rows} selects no rows of a global batch of {self.global_batch_size}")
-    return local_rows
-
   def train_batches(self, start_batch: int, rows: slice) -> Iterator[dict[str, np.ndarray]]:
     """Global batches start_batch, start_batch + 1, ... forever; each holds only `rows` of the global batch."""
-    row_stream = grain.MapDataset.source(self._train_rows).shuffle(seed=_shuffle_seed(self.seed)).repeat()
-    gather = _GatherBatch(row_stream, self.global_batch_size, self._local_rows(rows), self.tokenizer.eos_id)
-    batches = grain.MapDataset.range(start_batch, sys.maxsize).map(gather).to_iter_dataset(
-        grain.ReadOptions(num_threads=1 if self.prefetch else 0, prefetch_buffer_size=self.prefetch))
-    if self.workers > 0:
-      _mark_absl_flags_parsed()
-      batches = batches.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=self.workers, per_worker_buffer_size=max(self.prefetch, 1)))
-    return _closing(iter(batches))
+    eos_id = self.tokenizer.eos_id
+    gather = global_order.GatherBatch(
+        global_order.row_stream(self._train_rows, self.seed), self.global_batch_size,
+        global_order.local_rows(self.global_batch_size, rows),
+        functools.partial(_fields_from_rows, eos_id=eos_id))
+    return global_order.batches(gather, start_batch, workers=self.workers, prefetch=self.prefetch)
 
   def eval_batches(self, num_batches: int, rows: slice) -> list[dict[str, np.ndarray]]:
     """Validation batches in corpus order, the same every call; indices wrap when the split is short."""
-    local_rows = self._local_rows(rows)
+    local_rows = global_order.local_rows(self.global_batch_size, rows)
     return [packing.batch_fields(self._val_rows[(k * self.global_batch_size + local_rows) % self.num_val_rows],
                                  self.tokenizer.eos_id)
             for k in range(num_batches)]
@@ -96,18 +66,8 @@ class EmbeddedPipeline:
     return float(-(probs * np.log(probs)).sum())
 
 
-def _closing(iterator) -> Iterator[dict[str, np.ndarray]]:
-  """Yields from a grain iterator and releases its worker processes when the consumer stops."""
-  try:
-    yield from iterator
-  finally:
-    iterator.close()
-
-
-def _mark_absl_flags_parsed():
-  """grain's worker processes read absl flags; a trainer without absl.app.run has not parsed them."""
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+def _fields_from_rows(rows, eos_id):
+  return packing.batch_fields(np.stack(rows), eos_id)
 
 
 @registry.register("embedded")

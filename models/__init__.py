@@ -1,1 +1,2 @@
 from tessera.models import decoder  # registers "decoder"
+from tessera.models import stem  # registers "stem"

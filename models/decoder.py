@@ -24,15 +24,16 @@ REMAT_POLICIES = {
 class Block(nnx.Module):
   """x + attn(norm(x)), then x + mlp(norm(x)); the residual stream stays in the compute dtype (as in MaxText)."""
 
-  def __init__(self, cfg, rngs):
+  def __init__(self, cfg, rngs, make_mlp=SwiGLU):
     self.attn_norm = RMSNorm(cfg)
     self.attn = Attention(cfg, rngs)
     self.mlp_norm = RMSNorm(cfg)
-    self.mlp = SwiGLU(cfg, rngs)
+    self.mlp = make_mlp(cfg, rngs)
 
-  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT):
+  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args):
+    """`mlp_args` go to the FFN after its input (STEM's lookup ids); the dense SwiGLU takes none."""
     x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), segment_ids_BxT, positions_BxT)
-    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD), *mlp_args)
 
 
 def _stacked_blocks(cfg, rngs):
@@ -57,20 +58,26 @@ class Decoder(nnx.Module):
     self.scan_layers = cfg.scan_layers
     self.tie_embeddings = cfg.tie_embeddings
     self.embed = param(cfg, rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"))
-    if cfg.scan_layers:
-      self.blocks = _stacked_blocks(cfg, rngs)
-    else:
-      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.blocks = self._make_blocks(cfg, rngs)
     self.final_norm = RMSNorm(cfg)
     if not cfg.tie_embeddings:
       self.unembed = param(cfg, rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
 
+  def _make_blocks(self, cfg, rngs):
+    """The block stack; a subclass with other FFNs overrides this (and passes their inputs as `mlp_args`)."""
+    if cfg.scan_layers:
+      return _stacked_blocks(cfg, rngs)
+    return nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+
   def __call__(self, tokens_BxT, *, segment_ids_BxT=None, positions_BxT=None):
     """`positions_BxT` defaults to arange(T) per row; with packing pass per-document positions (restart at 0)."""
+    return self._forward(tokens_BxT, segment_ids_BxT, positions_BxT)
+
+  def _forward(self, tokens_BxT, segment_ids_BxT, positions_BxT, *mlp_args):
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.dtype)
-    x_BxTxD = self._run_blocks(x_BxTxD, segment_ids_BxT, positions_BxT)
+    x_BxTxD = self._run_blocks(x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args)
     x_BxTxD = self.final_norm(x_BxTxD)
     if self.tie_embeddings:
       return jnp.einsum("btd,vd->btv", x_BxTxD, self.embed[...].astype(self.dtype),
@@ -78,11 +85,11 @@ class Decoder(nnx.Module):
     return jnp.einsum("btd,dv->btv", x_BxTxD, self.unembed[...].astype(self.dtype),
                       preferred_element_type=jnp.float32)
 
-  def _run_blocks(self, x_BxTxD, segment_ids_BxT, positions_BxT):
+  def _run_blocks(self, x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args):
     """Applies the blocks functionally (split/merge), so remat and scan are plain JAX transforms."""
     def block_fn(graphdef):
       def apply(x_BxTxD, state):
-        return nnx.merge(graphdef, state)(x_BxTxD, segment_ids_BxT, positions_BxT)
+        return nnx.merge(graphdef, state)(x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args)
       if self.remat == "none":
         return apply
       # Inside scan the loop already stops XLA merging recomputation into the forward pass (jax.checkpoint docs).

@@ -10,9 +10,25 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+def lingua_init(cfg, std):
+  """Lingua's default (used by STEM): truncated normal cut at 3 std, std = fan_in^-0.5, ignoring `init_std`.
+
+  Weights that read the residual stream (q/k/v, gate/up, unembedding) and the embedding get d_model^-0.5;
+  those that write into it (attention output [H, E, D], MLP down [F, D]) get (their input size)^-0.5.
+  """
+  del std
+
+  def init(key, shape, dtype=jnp.float32):
+    writes_residual = shape[-1] == cfg.d_model and shape[0] != cfg.vocab_size
+    fan_in = math.prod(shape[:-1]) if writes_residual else cfg.d_model
+    return (fan_in ** -0.5 * jax.random.truncated_normal(key, -3.0, 3.0, shape, jnp.float32)).astype(dtype)
+  return init
+
+
 # Initializer families by `model.init`: (model config, stddev) -> jax initializer. A new family is one entry here.
 INITIALIZERS = {
   "normal": lambda cfg, std: nnx.initializers.normal(stddev=std),
+  "lingua": lingua_init,
 }
 
 

@@ -125,3 +125,13 @@ def test_resume_after_kill_is_bitwise_identical(trained_workdir, tmp_path, sig, 
   assert sorted(resumed) == list(range(1, 13))
   for step, values in resumed.items():
     assert all(v == reference[step][0] for v in values), (step, values, reference[step])
+
+
+def test_sweep_runs_every_point_in_its_own_folder(tmp_path):
+  run_cli(*TINY, "--sweep", "--workdir", tmp_path, "--config.train.steps=2", "--config.sample.max_new_tokens=1")
+  folders = sorted(p.name for p in tmp_path.iterdir())
+  assert folders == ["optim.lr=0.001,seed=0", "optim.lr=0.001,seed=1", "optim.lr=0.003,seed=0",
+                     "optim.lr=0.003,seed=1"]
+  configs = [json.loads((tmp_path / f / "config.json").read_text()) for f in folders]
+  assert [(c["optim"]["lr"], c["seed"]) for c in configs] == [(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)]
+  assert all(json.loads((tmp_path / f / "summary.json").read_text())["step"] == 2 for f in folders)

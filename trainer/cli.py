@@ -9,6 +9,7 @@ import re
 import sys
 
 from tessera.trainer import config_loader
+from tessera.trainer import distributed
 from tessera.trainer import validate
 from tessera.trainer.config_loader import ConfigError
 
@@ -102,8 +103,11 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else list(argv)
   command = argv.pop(0) if argv and argv[0] in ("train", "eval", "sample") else "train"
   try:
+    join_flags, argv = distributed.split_flags(argv)  # --coordinator/--num-processes/--process-id
+    group = distributed.plan(join_flags)
     if command == "train":
       runs, init_from = plan_train(argv)
+      distributed.initialize(group)  # after validation (bad flags exit 2 fast), before any device use
       from tessera.trainer import loop
       for config, workdir in runs:
         run = loop.Run(config, workdir, init_from)
@@ -111,15 +115,22 @@ def main(argv=None):
           print(f"already at step {run.latest} (train.steps={config.train.steps}) in {workdir}; nothing to do")
           continue
         run.setup().train()
+      distributed.shutdown()
       return 0
     args = parser(command).parse_args(argv)
+    distributed.initialize(group)
     from tessera.trainer import inspect_run
-    return inspect_run.main(command, args)
+    code = inspect_run.main(command, args)
+    distributed.shutdown()
+    return code
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
+    return 1
+  except distributed.DistributedError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 1
   except Exception as e:  # noqa: BLE001  (the loop's own errors carry their message; others keep the traceback)
     from tessera.trainer import loop

@@ -3,6 +3,8 @@
 `optim.groups` entries: {pattern, lr_scale, clip, weight_decay, frozen}; the first whose regex matches a
 parameter path ("layers/0/mlp/up/kernel") owns it, the rest fall in the "default" group (optim.clip, weight_decay).
 Weight decay applies to matrices only (ndim >= 2): norms and biases are never decayed.
+`optim.stem_update="sparse_rows"` swaps the AdamW of the group holding the STEM tables for a lazy, row-wise AdamW
+that reads and writes only the rows of the ids in the batch ("dense", the default and the paper's, changes nothing).
 """
 import re
 
@@ -10,7 +12,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tessera.trainer.config_loader import ConfigError
+
 DEFAULT = "default"
+STEM_UPDATES = ("dense", "sparse_rows")
+STEM_TABLE = "stem_table"  # the STEM table's parameter name (tessera.models.stem.TABLE_PARAM)
 
 
 def schedule(o, steps):
@@ -65,7 +71,60 @@ def build(o, steps, params):
         optax.scale_by_learning_rate(lambda step, s=scale: lr(step) * s),
     )
   labels = group_labels(o, params)
+  if o.get("stem_update", "dense") == "sparse_rows":
+    for name in _table_groups(params, labels):
+      g = group_specs(o)[name]
+      transforms[name] = optax.chain(
+          optax.clip_by_global_norm(g["clip"]) if g["clip"] > 0 else optax.identity(),
+          sparse_row_adamw(o.b1, o.b2, o.eps, g["weight_decay"], lambda step, s=g["lr_scale"]: lr(step) * s))
   return optax.multi_transform(transforms, labels), lr, labels
+
+
+def _table_groups(params, labels):
+  """Groups holding STEM tables; each must hold only tables (its update becomes row-wise)."""
+  flat = [(path_str(p), label) for (p, _), label in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                                        jax.tree.leaves(labels))]
+  groups = {label for name, label in flat if name.endswith(STEM_TABLE)}
+  for name, label in flat:
+    if label in groups and not name.endswith(STEM_TABLE):
+      raise ConfigError(f"config key 'optim.stem_update': sparse_rows, but group {label!r} holds {name}, not only STEM tables; "
+                       f"give the tables their own optim.groups entry (pattern {STEM_TABLE!r})")
+  return sorted(groups)
+
+
+def sparse_row_adamw(b1, b2, eps, weight_decay, lr):
+  """Lazy AdamW for [V, F] tables: only rows listed in the extra argument `stem_row_ids` (unique ids, padded with
+  V) move; their moments and per-row step counts (bias correction) advance, all other rows stay untouched (no
+  decay, no momentum drift). Not the paper's optimizer (stem.md §6): state is as large as dense Adam's, but the
+  optimizer reads and writes only U of V rows."""
+
+  def init(params):
+    return {"count": jnp.zeros((), jnp.int32),
+            "mu": jax.tree.map(jnp.zeros_like, params), "nu": jax.tree.map(jnp.zeros_like, params),
+            "row_count": jax.tree.map(lambda p: jnp.zeros(p.shape[:1], jnp.int32), params)}
+
+  def update(grads, state, params, *, stem_row_ids, **_):
+    step_lr = lr(state["count"])
+
+    def one(g, p, mu, nu, row_count):
+      ids_U = stem_row_ids
+      g_UxF = g.at[ids_U].get(mode="fill", fill_value=0)
+      mu_UxF = b1 * mu.at[ids_U].get(mode="fill", fill_value=0) + (1 - b1) * g_UxF
+      nu_UxF = b2 * nu.at[ids_U].get(mode="fill", fill_value=0) + (1 - b2) * jnp.square(g_UxF)
+      count_U = row_count.at[ids_U].get(mode="fill", fill_value=0) + 1
+      mu_hat = mu_UxF / (1 - b1 ** count_U.astype(jnp.float32))[:, None]
+      nu_hat = nu_UxF / (1 - b2 ** count_U.astype(jnp.float32))[:, None]
+      p_UxF = p.at[ids_U].get(mode="fill", fill_value=0)
+      step_UxF = -step_lr * (mu_hat / (jnp.sqrt(nu_hat) + eps) + weight_decay * p_UxF)
+      return (jnp.zeros_like(p).at[ids_U].set(step_UxF.astype(p.dtype), mode="drop"),
+              mu.at[ids_U].set(mu_UxF, mode="drop"), nu.at[ids_U].set(nu_UxF, mode="drop"),
+              row_count.at[ids_U].set(count_U, mode="drop"))
+
+    out = jax.tree.map(one, grads, params, state["mu"], state["nu"], state["row_count"])
+    pick = lambda i: jax.tree.map(lambda _, o: o[i], grads, out)
+    return pick(0), {"count": state["count"] + 1, "mu": pick(1), "nu": pick(2), "row_count": pick(3)}
+
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def group_grad_norms(grads, labels, names):

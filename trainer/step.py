@@ -43,7 +43,7 @@ def make_train_step(factory, loss_fn):
       (loss, aux), grads = jax.tree.map(lambda x: x / m, total)  # fp32 accumulation, mean over microbatches
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
-    updates, opt_state = factory.tx.update(grads, state["opt_state"], params)
+    updates, opt_state = factory.tx.update(grads, state["opt_state"], params, **_optimizer_args(config, batch))
     new_params = optax.apply_updates(params, updates)
     metrics = {
         "loss": loss,
@@ -59,6 +59,15 @@ def make_train_step(factory, loss_fn):
   batch_sharding = mesh_lib.batch_sharding(factory.mesh)
   return jax.jit(train_step, in_shardings=(factory.shardings, batch_sharding),
                  out_shardings=(factory.shardings, mesh_lib.replicated(factory.mesh)), donate_argnums=0)
+
+
+def _optimizer_args(config, batch):
+  """Extra optimizer inputs: the batch's unique ids (padded with V) for the sparse-row STEM update."""
+  if config.optim.get("stem_update", "dense") != "sparse_rows":
+    return {}
+  V = config.model.vocab_size
+  ids = batch["inputs"]
+  return {"stem_row_ids": jnp.unique(ids, size=min(V, ids.size), fill_value=V)}
 
 
 def _group_norms(factory, grads):

@@ -1,0 +1,60 @@
+"""STEM transformers (arXiv 2601.10639; ../shared/specs/stem.md): per-layer token-indexed tables replace the FFN
+up-projection in `model.stem.layers`. Every variant has a dense twin with identical everything else.
+
+  scripts/train --config configs/stem.py:small            # CPU: d=128, L=4, STEM layers [1, 3], byte vocab
+  scripts/train --config configs/stem.py:small_dense      # the same with model.stem.layers=[] (dense SwiGLU)
+  scripts/train --config configs/stem.py:small --sweep    # dense / 1/3 / 1/2 / all, and table_init=normal_1
+  scripts/edit_knowledge --workdir runs/stem_small --prompt "The " --swap " the= a"
+
+`base` / `base_dense` (one GPU): d=512, L=8, F=1536, V=32k, every other layer STEM, T=1024.
+Optimizer (spec §6): AdamW b1 0.9, b2 0.95, eps 1e-8, wd 0.1, warmup + cosine; the tables are their own parameter
+group (pattern "stem_table", same hyperparameters) so each group clips its own gradient norm; dense AdamW over the
+whole table (`optim.stem_update=sparse_rows` is the non-paper lazy variant). Backbone init: Lingua's.
+"""
+from tessera.configs import defaults
+
+_VARIANTS = {
+    # name: (d_model, n_layers, n_heads, d_ff, vocab_size (0: tokenizer's), seq_len, batch, steps, lr, warmup)
+    "small": (128, 4, 4, 384, 0, 256, 16, 2000, 3e-3, 100),
+    "base": (512, 8, 8, 1536, 32768, 1024, 64, 20000, 3e-4, 2000),
+}
+STEM_LAYERS = {"small": [1, 3], "base": [1, 3, 5, 7]}
+
+
+def build(arg="small"):
+  """The unlocked config of a variant (quickstart.py starts from `small`)."""
+  base_arg = arg.removesuffix("_dense")
+  if base_arg not in _VARIANTS:
+    raise ValueError(f"configs/stem.py: unknown variant {arg!r}; choose one of "
+                     f"{sorted(_VARIANTS) + [v + '_dense' for v in sorted(_VARIANTS)]}")
+  d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch, steps, lr, warmup = _VARIANTS[base_arg]
+  c = defaults.base_config()
+  c.model.update(dict(name="stem", d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_heads,
+                      d_ff=d_ff, vocab_size=vocab, tie_embeddings=False, init="lingua"))
+  c.model.stem.layers = [] if arg.endswith("_dense") else STEM_LAYERS[base_arg]
+  c.train.update(dict(batch_size=batch, seq_len=seq_len, steps=steps))
+  c.optim.update(dict(lr=lr, warmup_steps=warmup, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip=1.0,
+                      groups=[{"pattern": "stem_table", "clip": 1.0}]))
+  c.eval.update(dict(every_steps=100, batches=8))
+  c.sample.prompt = "The "
+  if base_arg == "base":  # the official stem_debug optimizer settings (spec §6, project default at scale)
+    c.model.dtype = "bfloat16"
+    c.optim.update(dict(lr_min_ratio=1e-6, clip=10.0, groups=[{"pattern": "stem_table", "clip": 10.0}]))
+    c.eval.every_steps = 1000
+  return c
+
+
+def get_config(arg="small"):
+  c = build(arg)
+  c.lock()
+  return c
+
+
+def sweep():
+  """dense, STEM 1/3, 1/2, all (of `small`'s 4 layers: 1/3 -> [1], 1/2 -> [1, 3]) and 1/2 with normal_1 tables."""
+  n_layers = _VARIANTS["small"][1]
+  fractions = {"dense": [], "1/3": list(range(1, n_layers, 3)), "1/2": list(range(1, n_layers, 2)),
+               "all": list(range(n_layers))}
+  for layers in fractions.values():
+    yield {"model.stem.layers": layers}
+  yield {"model.stem.layers": fractions["1/2"], "model.stem.table_init": "normal_1"}

@@ -1,0 +1,176 @@
+"""STEM (arXiv 2601.10639): the FFN up-projection replaced by a per-layer table row picked by the input token id.
+
+  y_BxTxD = (silu(x_BxTxD @ W_gate) * U_l[stem_ids_BxT]) @ W_down        (dense: ... * (x @ W_up) ...)
+
+Registered as "stem": the Llama decoder of decoder.py whose blocks in `model.stem.layers` use `StemFFN` and the
+others the dense SwiGLU (`model.stem.layers=[]` is the dense twin, same init and parameter paths otherwise).
+`stem_ids_BxT` (default: the input tokens) drives only the lookups, which is what knowledge editing changes.
+Specs: ../shared/specs/stem.md (model, accounting), kernels.md §5 (the lookup kernel).
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tessera.models import decoder
+from tessera.models import layers
+from tessera.models import registry
+from tessera.models.attention import head_dim
+
+# model.stem.layers given as a fraction -> layer indices (stem.md §3, project default).
+FRACTIONS = {
+    "1/3": lambda n: range(1, n, 3),
+    "1/2": lambda n: range(1, n, 2),
+    "all": lambda n: range(n),
+}
+
+# model.stem.table_init -> std of the table entries. xavier_normal as the official main branch (on the V x F
+# matrix); normal_1 as nn.Embedding (the `pr` branch), the unit scale of a dense up-projection's output.
+TABLE_INITS = {
+    "xavier_normal": lambda V, F: math.sqrt(2.0 / (V + F)),
+    "normal_1": lambda V, F: 1.0,
+}
+TABLE_PARAM = "stem_table"  # parameter name; optim.groups and the sparse-row update match it on paths
+
+
+def stem_layers(cfg):
+  """Sorted layer indices from `model.stem.layers`: None -> all but layer 0; "1/3", "1/2", "all"; or a list."""
+  layers_spec, n = cfg.stem.layers, cfg.n_layers
+  if layers_spec is None:
+    return tuple(range(1, n))
+  if isinstance(layers_spec, str):
+    if layers_spec not in FRACTIONS:
+      raise ValueError(f"model.stem.layers: {layers_spec!r} is not a list or one of {sorted(FRACTIONS)}")
+    return tuple(FRACTIONS[layers_spec](n))
+  chosen = tuple(sorted({int(i) for i in layers_spec}))
+  if any(not 0 <= i < n for i in chosen):
+    raise ValueError(f"model.stem.layers: {list(layers_spec)} has indices outside [0, {n})")
+  return chosen
+
+
+def lookup(table_VxF, ids_BxT, gate_BxTxF, implementation, offload=False):
+  """silu(gate) * table[ids]: the one place a STEM layer reads its table (kernels.stem_lookup: fp32 backward).
+
+  With `offload` the table stays where it is (host memory) and only the rows of the unique ids are gathered and
+  moved to the device; ids are renumbered into that compact table. Same values, same gradient.
+  """
+  from tessera.models.kernels import dispatch  # lazy, as attention.attend: kernels import Pallas
+  if offload:
+    table_VxF, ids_BxT = _unique_rows(table_VxF, ids_BxT)
+  return dispatch.stem_lookup(table_VxF, ids_BxT, gate_BxTxF, implementation=implementation)
+
+
+def _unique_rows(table_VxF, ids_BxT):
+  """(rows of the unique ids on the device, ids renumbered into them). Padding slots read row V - 1, unused."""
+  V = table_VxF.shape[0]
+  unique_U = jnp.unique(ids_BxT, size=min(V, ids_BxT.size), fill_value=V)  # sorted; padding V sorts last
+  rows_UxF = table_VxF.at[unique_U].get(mode="clip")
+  rows_UxF = jax.device_put(rows_UxF, jax.memory.Space.Device)
+  return rows_UxF, jnp.searchsorted(unique_U, ids_BxT).astype(jnp.int32)
+
+
+def _truncated_normal(std):
+  return lambda key, shape, dtype=jnp.float32: (
+      std * jax.random.truncated_normal(key, -3.0, 3.0, shape, jnp.float32)).astype(dtype)
+
+
+class StemFFN(nnx.Module):
+  """down(silu(x @ gate) * table[stem_ids]); table [V, F] in fp32 (master weights: fp32 gradient accumulation).
+
+  `gate_init` / `down_init` default to Lingua's truncated normals (std d^-0.5, F^-0.5); the STEM decoder passes
+  the backbone's initializers so its dense and STEM layers start alike.
+  """
+
+  def __init__(self, d_model, d_ff, vocab_size, *, table_init="xavier_normal", dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs, gate_init=None, down_init=None, lookup_impl="xla", offload=False):
+    if table_init not in TABLE_INITS:
+      raise ValueError(f"model.stem.table_init: {table_init!r} is not one of {sorted(TABLE_INITS)}")
+    self.dtype = jnp.dtype(dtype)
+    self.lookup_impl, self.offload = lookup_impl, offload
+    gate_init = gate_init or nnx.with_partitioning(_truncated_normal(d_model ** -0.5), ("embed", "mlp"))
+    down_init = down_init or nnx.with_partitioning(_truncated_normal(d_ff ** -0.5), ("mlp", "embed"))
+    table = nnx.with_partitioning(nnx.initializers.normal(TABLE_INITS[table_init](vocab_size, d_ff)),
+                                  ("stem_vocab", "mlp"))
+    self.gate = nnx.Param(gate_init(rngs.params(), (d_model, d_ff), jnp.dtype(param_dtype)))
+    self.stem_table = nnx.Param(table(rngs.params(), (vocab_size, d_ff), jnp.float32))
+    self.down = nnx.Param(down_init(rngs.params(), (d_ff, d_model), jnp.dtype(param_dtype)))
+    assert self.stem_table.shape[1] == self.gate.shape[1], "STEM table width must equal d_ff"
+
+  def __call__(self, x_BxTxD, stem_ids_BxT, stem_row_override=None):
+    """`stem_row_override` = (ids_BxTxK, weights_BxTxK): where a position's weights sum to > 0 its row is the
+    weighted sum of those ids' rows of this layer's table (editing's "mean" mode); elsewhere the normal lookup."""
+    x_BxTxD = x_BxTxD.astype(self.dtype)
+    gate_BxTxF = x_BxTxD @ self.gate[...].astype(self.dtype)
+    h_BxTxF = lookup(self.stem_table[...], stem_ids_BxT, gate_BxTxF, self.lookup_impl, self.offload)
+    if stem_row_override is not None:
+      ids_BxTxK, weights_BxTxK = stem_row_override
+      rows_BxTxF = jnp.einsum("btk,btkf->btf", weights_BxTxK.astype(jnp.float32), self.stem_table[...][ids_BxTxK])
+      mixed_BxTxF = (jax.nn.silu(gate_BxTxF.astype(jnp.float32)) * rows_BxTxF).astype(h_BxTxF.dtype)
+      h_BxTxF = jnp.where((weights_BxTxK.sum(-1) > 0)[..., None], mixed_BxTxF, h_BxTxF)
+    return h_BxTxF @ self.down[...].astype(self.dtype)
+
+  @classmethod
+  def from_config(cls, cfg, rngs):
+    """From `config.model`, with the backbone's gate/down initializers."""
+    return cls(cfg.d_model, cfg.d_ff, cfg.vocab_size, table_init=cfg.stem.table_init, dtype=cfg.dtype,
+               param_dtype=cfg.param_dtype, rngs=rngs, lookup_impl=cfg.stem.lookup_impl, offload=cfg.stem.offload,
+               gate_init=layers.kernel_init(cfg, ("embed", "mlp")),
+               down_init=layers.kernel_init(cfg, ("mlp", "embed"), residual_out=True))
+
+
+class DenseFFN(layers.SwiGLU):
+  """The dense SwiGLU in a STEM decoder: same call signature as StemFFN, ignores the lookup ids."""
+
+  def __call__(self, x_BxTxD, stem_ids_BxT=None, stem_row_override=None):
+    del stem_ids_BxT, stem_row_override
+    return super().__call__(x_BxTxD)
+
+
+class StemDecoder(decoder.Decoder):
+  """decoder.Decoder with STEM FFNs in `model.stem.layers`; blocks are unrolled (they differ, so no scan)."""
+
+  def __init__(self, cfg, rngs):
+    if cfg.scan_layers:
+      raise ValueError("model.scan_layers: the STEM decoder mixes STEM and dense blocks; use scan_layers=False")
+    self.stem_layers = stem_layers(cfg)
+    super().__init__(cfg, rngs)
+
+  def _make_blocks(self, cfg, rngs):
+    return nnx.List([decoder.Block(cfg, rngs, StemFFN.from_config if i in self.stem_layers else DenseFFN)
+                     for i in range(cfg.n_layers)])
+
+  def __call__(self, tokens_BxT, *, segment_ids_BxT=None, positions_BxT=None, stem_ids_BxT=None,
+               stem_row_override=None):
+    """`stem_ids_BxT` defaults to `tokens_BxT`; see StemFFN for `stem_row_override`."""
+    stem_ids_BxT = tokens_BxT if stem_ids_BxT is None else stem_ids_BxT
+    return self._forward(tokens_BxT, segment_ids_BxT, positions_BxT, stem_ids_BxT, stem_row_override)
+
+
+@registry.register("stem")
+def build(cfg, rngs: nnx.Rngs) -> StemDecoder:
+  return StemDecoder(cfg, rngs)
+
+
+def accounting(cfg, seq_len):
+  """Parameter and FLOP counts with the paper's definitions (stem.md §4); MFU uses `train_flops_per_token`.
+
+  params_total_paper = N_dense + n_stem V F (the removed W_up not subtracted, as the paper reports it);
+  params_stored = N_dense - n_stem d F + n_stem V F (what is in memory); params_active = N_dense - n_stem d F (per
+  token: a table row is read, the rest of the table is not); flops_per_token_paper = 2 x active (the paper's
+  "GFLOPs/token"); train_flops_per_token: the decoder's PaLM-style count with 2 d F (not 3 d F) matmul params per
+  STEM layer (the lookup is free).
+  """
+  n_stem = len(stem_layers(cfg))
+  d, F, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
+  dense = decoder.param_count(cfg)["total"]
+  removed, tables = n_stem * d * F, n_stem * V * F
+  matmul_params = cfg.n_layers * decoder._layer_matmul_params(cfg) - removed + d * V
+  attention = 12 * cfg.n_layers * seq_len * cfg.n_heads * head_dim(cfg)
+  return {"params_stored": dense - removed + tables, "params_total_paper": dense + tables,
+          "params_active": dense - removed, "params_stem_tables": tables, "stem_layers": n_stem,
+          "flops_per_token_paper": 2.0 * (dense - removed),
+          "train_flops_per_token": float(6 * matmul_params + attention)}
+
+
+registry.accounting("stem")(accounting)
