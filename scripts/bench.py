@@ -113,8 +113,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--json", help="write the results here")
   p.add_argument("--config", default="configs/quickstart.py")
-  p.add_argument("--steps", type=int, default=30, help="steps per segment")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--steps", type=int, default=12, help="steps per segment")
+  p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--shapes", help="comma-separated reference shapes (a,b) to measure instead of the overhead")
   args = p.parse_args()
   results = {"jax": jax.__version__, "devices": jax.device_count()}

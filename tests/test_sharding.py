@@ -46,3 +46,18 @@ def test_fsdp_divides_state_bytes_per_device():
   assert result.returncode == 0, result.stderr[-3000:]
   sizes = json.loads(result.stdout.strip().splitlines()[-1])
   assert sizes["fsdp"] <= 1.05 / 8 * sizes["replicated"], sizes
+
+
+def test_resume_on_another_mesh_continues_the_same_run(trained_workdir, tmp_path):
+  """Saved on 1 device at step 6, resumed on 8 devices (data=2, fsdp=2, tensor=2): steps 7..12 match."""
+  import shutil
+  workdir = tmp_path / "remesh"
+  shutil.copytree(trained_workdir, workdir)
+  shutil.rmtree(workdir / "checkpoints" / "12")
+  shutil.rmtree(workdir / "tb")  # only the resumed steps' events remain
+  run_cli(*TINY, "--workdir", workdir, "--config.train.steps=12", "--config.mesh.data=2", "--config.mesh.fsdp=2",
+          "--config.mesh.tensor=2", "--config.profile.start_step=-1", devices=8)
+  reference, resumed = tb_scalars(trained_workdir, "train/loss"), tb_scalars(workdir, "train/loss")
+  assert sorted(resumed) == list(range(7, 13))
+  for step in range(7, 13):
+    assert resumed[step][0] == pytest.approx(reference[step][0], rel=1e-4, abs=1e-4), step

@@ -95,7 +95,7 @@ def plan_train(argv):
   runs = []
   for point in module.sweep():
     config, _ = load_config(args.config, {**overrides, **point})
-    runs.append((config, str(pathlib.Path(workdir) / sweep_name(point))))
+    runs.append((config, f"{workdir.rstrip('/')}/{sweep_name(point)}"))  # not pathlib: keeps gs:// intact
   return runs, args.init_from
 
 

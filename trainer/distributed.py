@@ -18,6 +18,8 @@ This module imports JAX only inside functions: the CLI plans the group before an
 import argparse
 import dataclasses
 import os
+import sys
+import threading
 
 from tessera.trainer.config_loader import ConfigError
 
@@ -107,19 +109,33 @@ def initialize(group):
   if group is None:
     return
   import jax
+  # JAX aborts the process (C++ LOG(FATAL), a stack dump) when its own join deadline passes; our deadline comes
+  # first and ends the process with one line naming the coordinator instead.
+  joining = threading.Event()
+  timer = threading.Timer(group.init_timeout, _join_timed_out, (group, joining))
+  timer.daemon = True
+  timer.start()
   try:
     jax.distributed.initialize(
         coordinator_address=group.coordinator, num_processes=group.num_processes, process_id=group.process_id,
-        initialization_timeout=group.init_timeout, heartbeat_timeout_seconds=group.heartbeat_timeout,
+        initialization_timeout=group.init_timeout + 60, heartbeat_timeout_seconds=group.heartbeat_timeout,
         shutdown_timeout_seconds=min(group.heartbeat_timeout, 60))
-  except Exception as e:  # noqa: BLE001  (XlaRuntimeError, ValueError, RuntimeError: all mean "could not join")
+  except Exception as e:  # noqa: BLE001  (ValueError, RuntimeError from detection: all mean "could not join")
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise DistributedError(
-        f"{group.describe()}: could not join within {group.init_timeout}s -- the coordinator is unreachable or a "
-        f"peer never arrived ({reason[:300]})") from None
+    raise DistributedError(f"{group.describe()}: could not join ({reason[:300]})") from None
+  finally:
+    joining.set()
+    timer.cancel()
   joined = dataclasses.replace(group, coordinator=jax._src.distributed.global_state.coordinator_address,
                                num_processes=jax.process_count(), process_id=jax.process_index())
   _state["group"] = joined
+
+
+def _join_timed_out(group, joining):
+  if not joining.is_set():
+    print(f"error: {group.describe()}: could not join within {group.init_timeout}s -- the coordinator is "
+          f"unreachable or a peer never arrived (TESSERA_INIT_TIMEOUT)", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def joined():

@@ -17,6 +17,7 @@ from tessera.losses import registry as loss_registry
 from tessera.models import registry as model_registry
 from tessera.trainer import checkpoint as ckpt_lib
 from tessera.trainer import config_loader
+from tessera.trainer import distributed
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import metrics as metrics_lib
 from tessera.trainer import optim
@@ -68,6 +69,10 @@ class Run:
     self.loss_fn = _registered(loss_registry, c.loss.name)(c.loss)
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
     self.rows = mesh_lib.local_rows(self.batch_sharding, c.train.batch_size)
+    if jax.process_count() > 1:
+      print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} devices, rows "
+            f"{self.rows.start}:{self.rows.stop} of each global batch of {c.train.batch_size}", file=sys.stderr,
+            flush=True)
     self.source_params = None
     if self.init_from:
       source = ckpt_lib.Checkpointer(self.init_from, c.checkpoint)
@@ -110,6 +115,7 @@ class Run:
       state, position = factory.init(c.seed), {"next_batch": 0}
     start = int(state["step"])
 
+    distributed.barrier("setup")  # every process validated and built the same run before process 0 writes
     self.writer = metrics_lib.Writer(self.workdir)
     if jax.process_index() == 0:
       workdir_lib.write_json(self.workdir / "config.json", self.config_dict)
@@ -211,9 +217,10 @@ class Run:
       self.writer.flush()
 
     progress.update(summary["step"], summary["train_loss"], summary["tokens_per_second"] or 0.0, force=True)
+    # Every process runs the sampler: the params are sharded over all of them. Only process 0 writes.
+    text = sample_lib.generate(factory, state["params"], self.data.tokenizer, c.sample.prompt,
+                               c.sample.max_new_tokens, c.train.seq_len, temperature=c.sample.temperature)
     if jax.process_index() == 0:
-      text = sample_lib.generate(factory, state["params"], self.data.tokenizer, c.sample.prompt,
-                                 c.sample.max_new_tokens, c.train.seq_len, temperature=c.sample.temperature)
       self.writer.text("sample", text, summary["step"])
       summary["unigram_entropy"] = self.data.unigram_entropy_nats()
       workdir_lib.write_json(self.workdir / "summary.json", summary)

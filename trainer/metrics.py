@@ -26,7 +26,7 @@ def peak_flops_per_device(dtype):
 
 def measure_cpu_matmul_peak(dtype, n=1024, repeats=5):
   a = jnp.ones((n, n), dtype)
-  matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32), device=jax.devices()[0])
+  matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32), device=jax.local_devices()[0])
   matmul(a, a).block_until_ready()
   best = math.inf
   for _ in range(repeats):
