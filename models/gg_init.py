@@ -36,3 +36,19 @@ def gg_initializer(shape_nu=1.0, xi=2.0, fan_mode="reference", kind="kernel", in
     alpha = gg_scale(shape_nu, xi, fan_size(shape, fan_mode, kind, in_ndim))
     return (alpha * jax.random.generalized_normal(key, shape_nu, shape, jnp.float32)).astype(dtype)
   return init
+
+
+def model_initializer(cfg, std=None):
+  """`model.init="gg"` for the decoder zoo: GG init from `cfg.gg` for every weight (`std` is unused: the variance
+  is ξ/n). The (V, d_model) table is an embedding (n = V); other weights are Flax kernels whose output axes are the
+  last one, or for the (heads, head_dim, d_model) attention output the last one after two input axes."""
+  del std
+  gg = cfg.gg
+
+  def init(key, shape, dtype=jnp.float32):
+    if tuple(shape) == (cfg.vocab_size, cfg.d_model):
+      kind, in_ndim = "embedding", 1
+    else:
+      kind, in_ndim = "kernel", (len(shape) - 1 if len(shape) > 2 and shape[-1] == cfg.d_model else 1)
+    return gg_initializer(gg.shape, gg.xi, gg.fan_mode, kind, in_ndim)(key, shape, dtype)
+  return init

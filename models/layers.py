@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tessera.models import gg_init
+
 def lingua_init(cfg, std):
   """Lingua's default (used by STEM): truncated normal cut at 3 std, std = fan_in^-0.5, ignoring `init_std`.
 
@@ -29,6 +31,7 @@ def lingua_init(cfg, std):
 INITIALIZERS = {
   "normal": lambda cfg, std: nnx.initializers.normal(stddev=std),
   "lingua": lingua_init,
+  "gg": gg_init.model_initializer,  # generalized Gaussian, Var = xi/n (gg_prior.md §3)
 }
 
 

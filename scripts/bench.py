@@ -4,6 +4,7 @@ Default: the trainer's real loop vs a bare jitted loop over the same quickstart 
 interleaved segments, repeated; reports the median step-time ratio `trainer_vs_bare_ratio` (goal >= 0.97),
 plus the quickstart model's mfu, tokens_per_second and compile_seconds.
 --shapes a,b: tokens/s and CPU MFU of the reference shapes in fp32 and bf16 compute (fp32 params).
+--stem: STEM vs dense step time at equal shape, dense AdamW vs the sparse-row table update (scripts/bench_stem.py).
 """
 import argparse
 import json
@@ -15,13 +16,12 @@ import time
 import jax
 
 from tessera.losses import registry as loss_registry
-from tessera.trainer import cli, loop, metrics, step as step_lib
+from tessera.trainer import cli, loop, step as step_lib
 
 SHAPES = {  # name: (d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch)
     "a": (256, 4, 4, 1024, 8192, 256, 16),
     "b": (512, 8, 8, 2048, 32000, 512, 8),
 }
-PLAIN_FLAX_TOKENS_PER_SECOND = {"a": 2400, "b": 365}  # issue 2's plain Flax/optax fp32 step on this machine
 
 
 def bare_step_time(run, batches, steps):
@@ -89,22 +89,25 @@ def compile_time(run):
 
 
 def shapes(names, steps):
+  """Each reference shape: a plain Flax/optax fp32 step, then tessera's loop in fp32 and bf16 compute, one run."""
+  import bench_plain
   out = {}
   for name in names:
     d, n_layers, heads, d_ff, vocab, seq_len, batch = SHAPES[name]
+    model = {"model.d_model": d, "model.n_layers": n_layers, "model.n_heads": heads, "model.n_kv_heads": heads,
+             "model.d_ff": d_ff, "model.vocab_size": vocab, "train.seq_len": seq_len, "train.batch_size": batch}
+    plain_config, _ = cli.load_config("configs/lm.py:small", model)
+    plain_tps = batch * seq_len / bench_plain.step_seconds(plain_config.model, batch, seq_len, steps)
+    out[f"{name}_plain_flax_float32"] = {"tokens_per_second": plain_tps}
+    print(name, "plain flax float32", json.dumps(out[f"{name}_plain_flax_float32"]), file=sys.stderr)
     for dtype in ("float32", "bfloat16"):
-      overrides = {"model.d_model": d, "model.n_layers": n_layers, "model.n_heads": heads, "model.n_kv_heads": heads,
-                   "model.d_ff": d_ff, "model.vocab_size": vocab, "train.seq_len": seq_len,
-                   "train.batch_size": batch, "model.dtype": dtype, "eval.every_steps": 0, "eval.batches": 1,
+      overrides = {**model, "model.dtype": dtype, "eval.every_steps": 0, "eval.batches": 1,
                    "checkpoint.every_steps": 0, "checkpoint.every_seconds": 0.0, "sample.max_new_tokens": 1}
       with tempfile.TemporaryDirectory() as tmp:
-        step_time, summary, _ = trainer_segment("configs/lm.py:small", overrides, tmp, steps)
+        step_time, summary, _ = trainer_segment("configs/lm.py:small", overrides, tmp, steps + 2)
       tps = batch * seq_len / step_time
-      fp32_peak = metrics.measure_cpu_matmul_peak("float32") / jax.local_device_count()
-      out[f"{name}_{dtype}"] = {
-          "tokens_per_second": tps, "vs_plain_flax_fp32": tps / PLAIN_FLAX_TOKENS_PER_SECOND[name],
-          "mfu_vs_fp32_peak": summary["mfu"] * metrics.peak_flops_per_device(dtype) / fp32_peak,
-          "mfu_vs_own_dtype_peak": summary["mfu"]}
+      out[f"{name}_{dtype}"] = {"tokens_per_second": tps, "vs_plain_flax_fp32": tps / plain_tps,
+                                "mfu": summary["mfu"]}
       print(name, dtype, json.dumps(out[f"{name}_{dtype}"]), file=sys.stderr)
   return out
 
@@ -116,9 +119,13 @@ def main():
   p.add_argument("--steps", type=int, default=12, help="steps per segment")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--shapes", help="comma-separated reference shapes (a,b) to measure instead of the overhead")
+  p.add_argument("--stem", action="store_true", help="STEM rows (scripts/bench_stem.py) instead of the overhead")
   args = p.parse_args()
   results = {"jax": jax.__version__, "devices": jax.device_count()}
-  if args.shapes:
+  if args.stem:
+    import bench_stem
+    results["stem"] = bench_stem.run(steps=min(args.steps, 10), rounds=args.repeats)
+  elif args.shapes:
     results["shapes"] = shapes(args.shapes.split(","), args.steps)
   else:
     results.update(overhead(args))

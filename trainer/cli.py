@@ -1,6 +1,7 @@
 """Command line: `python -m tessera.trainer [train|eval|sample] --config FILE[:ARG] --config.a.b=V ...`.
 
-Parsing, overrides and validation import only ml_collections, so a bad flag fails in well under a second with one
+Multi-process jobs add `--coordinator HOST:PORT --num-processes N --process-id I` (or the environment: see
+tessera.trainer.distributed; launch/ sets it up). Parsing, overrides and validation import only ml_collections, so a bad flag fails in well under a second with one
 line on stderr (exit 2) and nothing written. Exit codes: 0 done, 2 bad config or input, 1 anything else.
 """
 import argparse
@@ -64,7 +65,8 @@ def load_config(spec, overrides):
 
 
 def parser(command):
-  p = argparse.ArgumentParser(prog=f"tessera {command}", description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(prog=f"tessera {command}", description=__doc__.splitlines()[0],
+                              epilog="multi-process: --coordinator HOST:PORT --num-processes N --process-id I")
   if command == "train":
     p.add_argument("--config", default=DEFAULT_CONFIG, help="config file, optionally with :variant")
     p.add_argument("--workdir", help="run directory (default runs/<config>[_<variant>])")

@@ -126,9 +126,9 @@ def initialize(group):
   finally:
     joining.set()
     timer.cancel()
-  joined = dataclasses.replace(group, coordinator=jax._src.distributed.global_state.coordinator_address,
-                               num_processes=jax.process_count(), process_id=jax.process_index())
-  _state["group"] = joined
+  from jax._src import distributed as jax_distributed
+  _state["group"] = dataclasses.replace(group, coordinator=jax_distributed.global_state.coordinator_address,
+                                        num_processes=jax.process_count(), process_id=jax.process_index())
 
 
 def _join_timed_out(group, joining):
@@ -136,11 +136,6 @@ def _join_timed_out(group, joining):
     print(f"error: {group.describe()}: could not join within {group.init_timeout}s -- the coordinator is "
           f"unreachable or a peer never arrived (TESSERA_INIT_TIMEOUT)", file=sys.stderr, flush=True)
     os._exit(1)
-
-
-def joined():
-  """The Group this process joined, or None when single-process."""
-  return _state["group"]
 
 
 def barrier(name, timeout_s=None):

@@ -37,6 +37,11 @@ def load(workdir):
 
 def evaluate(workdir, batches=None):
   config, factory, params, step, pipeline = load(workdir)
+  return {"step": step, **evaluate_params(config, factory, params, pipeline, batches)}
+
+
+def evaluate_params(config, factory, params, pipeline, batches=None):
+  """{"eval_loss", "batches"} of `params` (in the factory's stored form) on the run's eval batches."""
   eval_step = step_lib.make_eval_step(factory, loss_registry.get(config.loss.name)(config.loss))
   sharding = mesh_lib.batch_sharding(factory.mesh)
   rows = mesh_lib.local_rows(sharding, config.train.batch_size)
@@ -45,7 +50,7 @@ def evaluate(workdir, batches=None):
     batch = {k: jax.make_array_from_process_local_data(sharding, v, (config.train.batch_size,) + v.shape[1:])
              for k, v in local.items()}
     losses.append(float(jax.device_get(eval_step(params, batch))["loss"]))
-  return {"step": step, "eval_loss": float(np.mean(losses)), "batches": len(losses)}
+  return {"eval_loss": float(np.mean(losses)), "batches": len(losses)}
 
 
 def main(command, args):

@@ -21,6 +21,7 @@ from tessera.trainer import distributed
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import metrics as metrics_lib
 from tessera.trainer import optim
+from tessera.trainer import regularizers
 from tessera.trainer import sample as sample_lib
 from tessera.trainer import state as state_lib
 from tessera.trainer import step as step_lib
@@ -174,6 +175,7 @@ class Run:
       self.writer.scalars(step, {"loss": loss}, "eval")
       log(f"step {step}: eval loss {loss:.4f}")
       summary["eval_loss"] = loss
+      summary.update(regularizers.log_weight_stats(self.writer, step, state["params"], c))
       paused[0] += time.perf_counter() - began
 
     def save(step):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tessera import models  # noqa: F401  (registers the zoo)
+from tessera.models import quantized
 from tessera.models import registry as model_registry
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import optim
@@ -42,6 +43,9 @@ class StateFactory:
     self.tx, self.lr_schedule, self.labels = optim.build(config.optim, config.train.steps, self.abstract_params)
     self.group_names = list(optim.group_specs(config.optim))
     abstract_opt = jax.eval_shape(self.tx.init, self.abstract_params)
+    if config.model.get("weight_format", quantized.FLOAT) != quantized.FLOAT:  # scripts/quantize output: eval/sample
+      self.abstract_params, self.param_shardings = quantized.stored_abstract(
+          self.abstract_params, self.param_shardings, mesh_lib.replicated(mesh))
     self.shardings = {
         "step": mesh_lib.replicated(mesh),
         "params": self.param_shardings,
@@ -73,8 +77,9 @@ class StateFactory:
     return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
   def model(self, params):
-    """The NNX module over `params` (a pure dict); cheap, used inside jitted functions."""
-    return nnx.merge(self.graphdef, nnx.State(params), self._rest)
+    """The NNX module over `params` (a pure dict); cheap, used inside jitted functions. 8-bit stored weights are
+    decoded and `model.fake_quant` applied here (tessera.models.quantized)."""
+    return nnx.merge(self.graphdef, nnx.State(quantized.float_params(self.config.model, params)), self._rest)
 
   def init(self, seed):
     """A fresh state, created sharded by a jitted initializer."""

@@ -5,6 +5,7 @@ import optax
 
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import optim
+from tessera.trainer import regularizers
 
 
 def _split_microbatches(batch, m):
@@ -45,6 +46,7 @@ def make_train_step(factory, loss_fn):
 
     updates, opt_state = factory.tx.update(grads, state["opt_state"], params, **_optimizer_args(config, batch))
     new_params = optax.apply_updates(params, updates)
+    new_params, regularizer_metrics = regularizers.after_update(factory, new_params, state["step"])
     metrics = {
         "loss": loss,
         "lr": factory.lr_schedule(state["step"]),
@@ -52,6 +54,7 @@ def make_train_step(factory, loss_fn):
         "param_norm": optax.global_norm(new_params),
         **{f"grad_norm/{k}": v for k, v in _group_norms(factory, grads).items()},
         **{k: v for k, v in aux.items() if k != "loss"},
+        **regularizer_metrics,
     }
     new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state, "rng": state["rng"]}
     return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)

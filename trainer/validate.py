@@ -8,7 +8,14 @@ DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "linear", "constant")
 REMAT = ("none", "full", "dots")
 ATTENTION = ("xla", "pallas", "cudnn", "auto")
+STEM_LOOKUP = ("xla", "pallas", "auto")
+STEM_TABLE_INITS = ("xavier_normal", "normal_1")
+STEM_FRACTIONS = ("1/3", "1/2", "all")
+STEM_UPDATES = ("dense", "sparse_rows")
 MESH_AXES = ("data", "fsdp", "tensor")
+NUMBER_FORMATS = ("rf8", "e4m3", "e5m2")  # tessera.models.numerics.FORMATS (not imported: no jax here)
+FAN_MODES = ("reference", "fan_in")
+POOLS = ("all", "matrices")
 GROUP_FIELDS = {"pattern": str, "lr_scale": (int, float), "clip": (int, float), "weight_decay": (int, float),
                 "frozen": bool}
 
@@ -98,6 +105,11 @@ def validate(config, device_count=None):
     for key in ("n_heads", "n_kv_heads", "vocab_size", "d_ff"):
       _check(m[key] % tensor == 0 or (key == "vocab_size" and m[key] == 0), f"model.{key}", f"{m[key]} is not divisible by mesh.tensor={tensor}")
 
+  _validate_gg(config)
+
+  if m.name == "stem":
+    _validate_stem(config)
+
   c = config.checkpoint
   _check(c.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0 (0 = only at the end), got {c.every_steps}")
   _check(c.every_seconds >= 0, "checkpoint.every_seconds", f"must be >= 0 (0 = off), got {c.every_seconds}")
@@ -115,6 +127,20 @@ def validate(config, device_count=None):
   return config
 
 
+def _validate_stem(config):
+  m, s = config.model, config.model.stem
+  _one_of(config, "model.stem.table_init", STEM_TABLE_INITS)
+  _one_of(config, "model.stem.lookup_impl", STEM_LOOKUP)
+  _one_of(config, "optim.stem_update", STEM_UPDATES)
+  _check(not m.scan_layers, "model.scan_layers", "the STEM decoder mixes STEM and dense blocks: use False")
+  layers = s.layers
+  if isinstance(layers, str):
+    _check(layers in STEM_FRACTIONS, "model.stem.layers", f"{layers!r} is not a list or one of {list(STEM_FRACTIONS)}")
+  elif layers is not None:
+    _check(all(isinstance(i, int) and 0 <= i < m.n_layers for i in layers), "model.stem.layers",
+           f"{list(layers)} must be layer indices in [0, model.n_layers={m.n_layers})")
+
+
 def _validate_group(i, group):
   key = f"optim.groups[{i}]"
   _check(hasattr(group, "keys"), key, f"must be a dict with fields {sorted(GROUP_FIELDS)}")
@@ -128,3 +154,30 @@ def _validate_group(i, group):
     re.compile(group["pattern"])
   except re.error as e:
     _fail(f"{key}.pattern", f"invalid regex: {e}")
+
+
+def _validate_gg(config):
+  """model.gg, model.weight_format / fake_quant and regularizer.backslash (gg_prior.md)."""
+  m = config.model
+  gg = m.get("gg")
+  if gg is not None:
+    _check(0 < gg.shape <= 3, "model.gg.shape", f"the GG shape nu must be in (0, 3], got {gg.shape}")
+    _check(gg.xi > 0, "model.gg.xi", f"must be > 0 (2 = He), got {gg.xi}")
+    _one_of(config, "model.gg.fan_mode", FAN_MODES)
+  if "weight_format" in m:
+    _one_of(config, "model.weight_format", ("float", *NUMBER_FORMATS))
+    _check(m.weight_format == "float", "model.weight_format",
+           f"{m.weight_format!r} checkpoints (scripts/quantize) are for eval/sample; train in float "
+           "(model.fake_quant for quantization-aware training)")
+  if "fake_quant" in m:
+    _one_of(config, "model.fake_quant", ("none", *NUMBER_FORMATS))
+  b = config.get("regularizer", {}).get("backslash")
+  if b is None:
+    return
+  _check(b.lam >= 0, "regularizer.backslash.lam", f"must be >= 0 (0 = project default), got {b.lam}")
+  _check(b.clip > 0, "regularizer.backslash.clip", f"must be > 0 (keeps the step finite at w = 0), got {b.clip}")
+  _one_of(config, "regularizer.backslash.pool", POOLS)
+  _check(0 <= b.end_fraction <= 1, "regularizer.backslash.end_fraction", f"must be in [0, 1], got {b.end_fraction}")
+  if b.enabled:
+    _check(m.param_dtype == "float32", "regularizer.backslash.enabled",
+           f"BackSlash needs fp32 master weights (model.param_dtype=float32), got {m.param_dtype!r}")
