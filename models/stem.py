@@ -52,8 +52,8 @@ def stem_layers(cfg):
 def lookup(table_VxF, ids_BxT, gate_BxTxF, implementation, offload=False):
   """silu(gate) * table[ids]: the one place a STEM layer reads its table (kernels.stem_lookup: fp32 backward).
 
-  With `offload` the table stays where it is (host memory) and only the rows of the unique ids are gathered and
-  moved to the device; ids are renumbered into that compact table. Same values, same gradient.
+  With `offload` only the rows of the batch's unique ids are gathered from the table (wherever it lives) and moved
+  to device memory, and the ids are renumbered into that compact [U, F] table: same values, same gradient.
   """
   from tessera.models.kernels import dispatch  # lazy, as attention.attend: kernels import Pallas
   if offload:

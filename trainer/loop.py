@@ -244,13 +244,15 @@ def build_pipeline(c):
 
 
 def resolve_vocab_size(c, tokenizer_vocab):
-  """model.vocab_size=0 takes the tokenizer's size padded to a multiple of 128; an explicit one must fit it."""
-  if c.model.vocab_size == 0:
+  """model.vocab_size=0 takes the tokenizer's size padded to a multiple of 128. An explicit size must agree with
+  the tokenizer: equal to it, or a padding of it to a multiple of 128."""
+  explicit = c.model.vocab_size
+  if explicit == 0:
     with c.unlocked():
       c.model.vocab_size = -(-tokenizer_vocab // 128) * 128
-  elif c.model.vocab_size < tokenizer_vocab:
-    raise ConfigError(f"config key 'model.vocab_size': {c.model.vocab_size} is smaller than the tokenizer's "
-                      f"vocabulary ({tokenizer_vocab})")
+  elif explicit < tokenizer_vocab or (explicit != tokenizer_vocab and explicit % 128):
+    raise ConfigError(f"config key 'model.vocab_size': {explicit} disagrees with the tokenizer's vocabulary "
+                      f"({tokenizer_vocab}); use 0 (derive it), {tokenizer_vocab} or a multiple of 128 above it")
 
 
 def _registered(registry, name):

@@ -131,7 +131,7 @@ def test_trainer_takes_vocab_from_the_prepared_directory(data_dir, tmp_path):
   assert c.model.vocab_size == 384  # 257 bytes + <eos> -> padded to a multiple of 128
   with c.unlocked():
     c.model.vocab_size = 128
-  with pytest.raises(ConfigError, match="smaller than the tokenizer's vocabulary"):
+  with pytest.raises(ConfigError, match="disagrees with the tokenizer.s vocabulary"):
     loop.resolve_vocab_size(c, data.vocab_size)
   with c.unlocked():
     c.data.path = str(tmp_path / "missing")
