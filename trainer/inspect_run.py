@@ -54,11 +54,14 @@ def evaluate_params(config, factory, params, pipeline, batches=None):
 
 
 def main(command, args):
+  """Every process computes (params are sharded over all of them); process 0 prints."""
   if command == "eval":
-    print(json.dumps(evaluate(args.workdir, args.batches)))
-    return 0
-  config, factory, params, step, pipeline = load(args.workdir)
-  text = sample_lib.generate(factory, params, pipeline.tokenizer, args.prompt, args.max_new_tokens,
-                             config.train.seq_len, temperature=args.temperature, seed=args.seed)
-  print(args.prompt + text)
+    output = json.dumps(evaluate(args.workdir, args.batches))
+  else:
+    config, factory, params, step, pipeline = load(args.workdir)
+    output = args.prompt + sample_lib.generate(factory, params, pipeline.tokenizer, args.prompt,
+                                               args.max_new_tokens, config.train.seq_len,
+                                               temperature=args.temperature, seed=args.seed)
+  if jax.process_index() == 0:
+    print(output)
   return 0
