@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import TINY, run_cli
+from tessera_testing import TINY, run_cli
 from tessera.trainer import cli, config_loader, validate
 from tessera.trainer.config_loader import ConfigError
 

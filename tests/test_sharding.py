@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, run_cli, tb_scalars
+from tessera_testing import ROOT, TINY, run_cli, tb_scalars
 
 
 def test_2x2x2_mesh_matches_one_device(tmp_path):

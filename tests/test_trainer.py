@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, run_cli, tb_scalars
+from tessera_testing import ROOT, TINY, run_cli, tb_scalars
 
 
 def test_workdir_contract(trained_workdir):

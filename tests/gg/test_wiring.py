@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
-from conftest import ROOT, TINY, run_cli, tb_scalars
+from tessera_testing import ROOT, TINY, run_cli, tb_scalars
 from tessera.configs import defaults
 from tessera.models import numerics, quantized, registry
 from tessera.trainer import validate

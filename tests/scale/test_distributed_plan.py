@@ -8,7 +8,7 @@ import time
 import portpicker
 import pytest
 
-from conftest import ROOT, TINY
+from tessera_testing import ROOT, TINY
 from tessera.trainer import distributed
 from tessera.trainer.config_loader import ConfigError
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
+from tessera_testing import ROOT
 
 
 def _local():

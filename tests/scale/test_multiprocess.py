@@ -11,7 +11,7 @@ import time
 import portpicker
 import pytest
 
-from conftest import ROOT, TINY, run_cli, tb_scalars
+from tessera_testing import ROOT, TINY, run_cli, tb_scalars
 
 pytestmark = pytest.mark.slow
 STEPS = 6

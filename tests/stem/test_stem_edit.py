@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from tessera_testing import ROOT, run_cli
 from tessera.models import stem_edit
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from tessera_testing import ROOT
 
 SCRIPT = r"""
 import json, jax, numpy as np

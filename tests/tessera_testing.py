@@ -1,0 +1,37 @@
+"""Helpers shared by the test files: the repo root and running the real CLI / reading TensorBoard.
+
+(Not in conftest.py: several conftest.py files exist, and `from conftest import` would pick whichever came first.)
+"""
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, devices=None, timeout=600, check=True, env=None):
+  """`python -m tessera.trainer ARGS` in a subprocess (fresh JAX, optional fake CPU devices)."""
+  environ = {**os.environ, **(env or {})}
+  if devices:
+    environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  result = subprocess.run([sys.executable, "-m", "tessera.trainer", *map(str, args)], cwd=ROOT, env=environ,
+                          capture_output=True, text=True, timeout=timeout)
+  if check and result.returncode != 0:
+    raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+  return result
+
+
+def tb_scalars(workdir, tag):
+  """{step: [values...]} of a TensorBoard scalar tag (all events under <workdir>/tb)."""
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(pathlib.Path(workdir) / "tb"),
+                                           size_guidance={event_accumulator.SCALARS: 0})
+  acc.Reload()
+  out = {}
+  for event in acc.Scalars(tag):
+    out.setdefault(event.step, []).append(event.value)
+  return out
+
+
+TINY = ("--config", "configs/lm.py:tiny")
