@@ -9,13 +9,13 @@ outcome window is open at the node, so an event at or before the prediction time
 
 import dataclasses
 import pathlib
-import warnings
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tessera.data import meds_schema
+from tessera.data import prepare_io
 
 _HOUR_US = 3600 * 1_000_000
 _DAY_US = 24 * _HOUR_US
@@ -82,7 +82,7 @@ def derive(events: meds_schema.Events) -> dict[str, pa.Table]:
   for task in TASKS:
     missing = [f for f in task.needs if not families[f].any()]
     if missing:
-      warnings.warn(f"label {task.name}: skipped, no {', '.join(missing)} events in the data")
+      prepare_io.warn(f"label {task.name}: skipped, no {', '.join(missing)} events in the data")
     else:
       tasks.append(task.name)
   rows = {name: ([], [], []) for name in tasks}

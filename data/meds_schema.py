@@ -8,7 +8,6 @@ metadata/subject_splits.parquet.
 
 import dataclasses
 import pathlib
-import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -159,12 +158,12 @@ def check_codes_metadata(meds_dir: pathlib.Path) -> int:
   """Rows of metadata/codes.parquet; a missing or empty file is only a warning (nothing here needs it)."""
   path = meds_dir / CODES_FILE
   if not path.is_file():
-    warnings.warn(f"{path}: missing; continuing without code metadata")
+    prepare_io.warn(f"{path}: missing; continuing without code metadata")
     return 0
   try:
     rows = pq.ParquetFile(path).metadata.num_rows
   except (pa.ArrowInvalid, OSError) as e:
     raise DataError(f"{path}: unreadable parquet ({str(e).splitlines()[0]})") from None
   if rows == 0:
-    warnings.warn(f"{path}: empty; continuing without code metadata")
+    prepare_io.warn(f"{path}: empty; continuing without code metadata")
   return rows

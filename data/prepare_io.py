@@ -98,3 +98,8 @@ def run_main(main_fn, argv=None) -> int:
     print(f"\nerror: {where}: {e.strerror or e}", file=sys.stderr)
     return 2
   return 0
+
+
+def warn(message: str):
+  """A user-facing warning on stderr, every time (Python's warnings module shows each location only once)."""
+  print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -14,7 +14,6 @@ import pathlib
 import shutil
 import sys
 import time
-import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -123,7 +122,7 @@ def prepare(argv=None) -> dict:
                        "tokens": int(sum(len(t) for _, t, _ in sequences))}
     progress.close()
     if skipped:
-      warnings.warn(f"{skipped} subject(s) have no timed events besides birth; left out")
+      prepare_io.warn(f"{skipped} subject(s) have no timed events besides birth; left out")
     table = pa.table(index)
     for column in ("first_time", "last_time"):
       table = table.set_column(table.schema.get_field_index(column), column,
@@ -153,8 +152,6 @@ def prepare(argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-  warnings.simplefilter("always")
-  warnings.formatwarning = lambda message, *_: f"warning: {message}\n"
   return prepare_io.run_main(prepare, argv)
 
 
