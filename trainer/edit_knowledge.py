@@ -45,7 +45,8 @@ def run(args):
 
   @jax.jit
   def logits(params, tokens_1xW, stem_1xW, override):
-    return factory.model(params)(tokens_1xW, stem_ids_BxT=stem_1xW, stem_row_override=override)[..., :tokenizer.vocab_size]
+    logits_1xWxV = factory.model(params)(tokens_1xW, stem_ids_BxT=stem_1xW, stem_row_override=override)
+    return logits_1xWxV[..., :tokenizer.vocab_size]
 
   def logits_fn(tokens_1xW, stem_1xW, override):
     return logits(params, jnp.asarray(tokens_1xW), jnp.asarray(stem_1xW), override)

@@ -87,8 +87,8 @@ def _table_groups(params, labels):
   groups = {label for name, label in flat if name.endswith(STEM_TABLE)}
   for name, label in flat:
     if label in groups and not name.endswith(STEM_TABLE):
-      raise ConfigError(f"config key 'optim.stem_update': sparse_rows, but group {label!r} holds {name}, not only STEM tables; "
-                       f"give the tables their own optim.groups entry (pattern {STEM_TABLE!r})")
+      raise ConfigError(f"config key 'optim.stem_update': sparse_rows, but group {label!r} holds {name}, "
+                        f"not only STEM tables; give the tables their own optim.groups entry (pattern {STEM_TABLE!r})")
   return sorted(groups)
 
 

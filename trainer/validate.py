@@ -135,7 +135,8 @@ def _validate_stem(config):
   _check(not m.scan_layers, "model.scan_layers", "the STEM decoder mixes STEM and dense blocks: use False")
   layers = s.layers
   if isinstance(layers, str):
-    _check(layers in STEM_FRACTIONS, "model.stem.layers", f"{layers!r} is not a list or one of {list(STEM_FRACTIONS)}")
+    _check(layers in STEM_FRACTIONS, "model.stem.layers",
+           f"{layers!r} is not a list or one of {list(STEM_FRACTIONS)}")
   elif layers is not None:
     _check(all(isinstance(i, int) and 0 <= i < m.n_layers for i in layers), "model.stem.layers",
            f"{list(layers)} must be layer indices in [0, model.n_layers={m.n_layers})")

@@ -26,7 +26,8 @@ batches = []
 for _ in range(5):
   t = rng.integers(0, 64, (8, 17)).astype(np.int32)
   batches.append({"inputs": t[:, :-1], "targets": t[:, 1:], "segment_ids": np.zeros((8, 16), np.int32),
-                  "positions": np.tile(np.arange(16, dtype=np.int32), (8, 1)), "loss_mask": np.ones((8, 16), np.float32)})
+                  "positions": np.tile(np.arange(16, dtype=np.int32), (8, 1)),
+                  "loss_mask": np.ones((8, 16), np.float32)})
 out = {}
 for name, shape, devices in (("one", (1, 1, 1), jax.devices()[:1]), ("mesh", (2, 2, 2), jax.devices())):
   mesh = jax.make_mesh(shape, mesh_lib.AXES, devices=devices, axis_types=(AxisType.Auto,) * 3)
