@@ -72,20 +72,37 @@ def overhead(args):
       rows.append({"trainer_step_s": trainer_time, "bare_step_s": bare_time})
       print(f"repeat {repeat}: trainer {trainer_time * 1e3:.1f} ms/step, bare {bare_time * 1e3:.1f} ms/step, "
             f"ratio {ratios[-1]:.3f}", file=sys.stderr)
-    compile_seconds = compile_time(run)
+    checkpoint_block = checkpoint_blocking(args.config, overrides, tmp, (args.repeats + 1) * args.steps)
+    compile_seconds = {"cached": compile_time(run, True), "uncached": compile_time(run, False)}
   return {"trainer_vs_bare_ratio": statistics.median(ratios), "repeats": rows, "mfu": summary["mfu"],
-          "tokens_per_second": summary["tokens_per_second"], "compile_seconds": compile_seconds}
+          "tokens_per_second": summary["tokens_per_second"], "compile_seconds": compile_seconds["cached"],
+          "compile_seconds_without_cache": compile_seconds["uncached"],
+          "checkpoint_block_over_step_time": checkpoint_block}
 
 
-def compile_time(run):
+def checkpoint_blocking(config_spec, overrides, workdir, start):
+  """Median time an async checkpoint save holds up the loop, in units of the median step time (goal <= 2)."""
+  overrides = {**overrides, "checkpoint.every_steps": 3}
+  step_time, _, run = trainer_segment(config_spec, overrides, workdir, start + 12)
+  blocks = [t for s, t in run.save_seconds.items() if s > start + 3]  # the first save in a process sets up Orbax
+  return statistics.median(blocks) / step_time
+
+
+def compile_time(run, cache):
+  """Seconds to lower and compile the trainer's step, with or without the persistent compilation cache."""
   train_step = step_lib.make_train_step(run.factory, loss_registry.get(run.config.loss.name)(run.config.loss))
   b, t = run.config.train.batch_size, run.config.train.seq_len
   batch = {k: jax.ShapeDtypeStruct((b, t), "float32" if k == "loss_mask" else "int32")
            for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask")}
-  start = time.perf_counter()
-  with run.factory.context():
-    train_step.lower(run.factory.abstract_state(), batch).compile()
-  return time.perf_counter() - start
+  previous = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", cache)
+  try:
+    start = time.perf_counter()
+    with run.factory.context():
+      train_step.lower(run.factory.abstract_state(), batch).compile()
+    return time.perf_counter() - start
+  finally:
+    jax.config.update("jax_enable_compilation_cache", previous)
 
 
 def shapes(names, steps):

@@ -135,3 +135,14 @@ def test_sweep_runs_every_point_in_its_own_folder(tmp_path):
   configs = [json.loads((tmp_path / f / "config.json").read_text()) for f in folders]
   assert [(c["optim"]["lr"], c["seed"]) for c in configs] == [(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)]
   assert all(json.loads((tmp_path / f / "summary.json").read_text())["step"] == 2 for f in folders)
+
+
+def test_microbatch_accumulation_equals_one_big_batch(tmp_path):
+  steps = ("--config.train.steps=3", "--config.eval.every_steps=0", "--config.sample.max_new_tokens=1")
+  run_cli(*TINY, "--workdir", tmp_path / "one", *steps)
+  run_cli(*TINY, "--workdir", tmp_path / "four", *steps, "--config.train.microbatches=4")
+  one, four = tb_scalars(tmp_path / "one", "train/loss"), tb_scalars(tmp_path / "four", "train/loss")
+  for step in (1, 2, 3):
+    assert four[step][0] == pytest.approx(one[step][0], rel=1e-5, abs=1e-5), step
+  grad_one, grad_four = tb_scalars(tmp_path / "one", "train/grad_norm"), tb_scalars(tmp_path / "four", "train/grad_norm")
+  assert grad_four[1][0] == pytest.approx(grad_one[1][0], rel=1e-4)

@@ -142,7 +142,7 @@ class Run:
     handlers = {s: signal.signal(s, lambda signum, _: stop_signal.append(signum))
                 for s in (signal.SIGTERM, signal.SIGINT)}
     pending, last_time, last_save_time = None, time.perf_counter(), time.perf_counter()
-    self.step_times = {}
+    self.step_times, self.save_seconds = {}, {}
     paused = [0.0]  # seconds spent in eval/checkpointing since the last report: not step time
     summary = {"step": start, "train_loss": None, "eval_loss": None, "tokens_per_second": None, "mfu": None}
 
@@ -184,6 +184,7 @@ class Run:
       self.writer.flush()  # events on disk before the checkpoint that covers them commits
       self.ckpt.save(step, state, {"next_batch": position["next_batch"] + step - start})
       last_save_time = time.perf_counter()
+      self.save_seconds[step] = last_save_time - began  # how long the (async) save held up the loop
       paused[0] += last_save_time - began
 
     try:

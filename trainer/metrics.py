@@ -16,12 +16,14 @@ PEAK_FLOPS = {
 
 
 def peak_flops_per_device(dtype):
-  """Table lookup by device kind; on CPU a matmul peak in the compute dtype, measured once (shared by fake devices)."""
-  device = jax.devices()[0]
+  """Table lookup by device kind. On CPU, the best of an fp32 and a compute-dtype matmul measured at start-up (a CPU
+  without native bf16 runs bf16 matmuls slower than fp32; its peak is still the fp32 one), shared by fake devices."""
+  device = jax.local_devices()[0]
   for kind, flops in PEAK_FLOPS.items():
     if device.device_kind.startswith(kind):
       return flops
-  return measure_cpu_matmul_peak(dtype) / jax.local_device_count()
+  peak = max(measure_cpu_matmul_peak(d) for d in {"float32", dtype})
+  return peak / jax.local_device_count()
 
 
 def measure_cpu_matmul_peak(dtype, n=1024, repeats=5):

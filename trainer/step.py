@@ -35,13 +35,18 @@ def make_train_step(factory, loss_fn):
 
       def accumulate(total, xs):
         i, mb = xs
-        result = grad_fn(params, mb, jax.random.fold_in(rng, i))
-        return jax.tree.map(lambda t, x: t + x.astype(jnp.float32), total, result), None
+        (loss, aux), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        weight = aux.get("tokens", jnp.float32(1.0)).astype(jnp.float32)  # token-weighted: equals one big batch
+        weighted = jax.tree.map(lambda x: weight * x.astype(jnp.float32), (loss, grads))
+        return jax.tree.map(jnp.add, total, (weighted, aux, weight)), None
 
-      shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], microbatches), rng)
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
-      total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(m), microbatches))
-      (loss, aux), grads = jax.tree.map(lambda x: x / m, total)  # fp32 accumulation, mean over microbatches
+      (_, aux_shapes), grad_shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], microbatches), rng)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
+                           ((jax.ShapeDtypeStruct((), jnp.float32), grad_shapes), aux_shapes,
+                            jax.ShapeDtypeStruct((), jnp.float32)))
+      ((loss, grads), aux, weight), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(m), microbatches))
+      loss, grads = jax.tree.map(lambda x: x / jnp.maximum(weight, 1e-9), (loss, grads))  # fp32 accumulation
+      aux = jax.tree.map(lambda x: x / m, aux)
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
     updates, opt_state = factory.tx.update(grads, state["opt_state"], params, **_optimizer_args(config, batch))
