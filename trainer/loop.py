@@ -104,16 +104,20 @@ class Run:
                                                       (self.config.train.batch_size,) + v.shape[1:])
             for k, v in local.items()}
 
-  def train(self):
-    c, factory = self.config, self.factory
+  def _start_state(self):
+    """(state, data position): restored from the latest checkpoint, from --init-from params, or fresh."""
     if self.latest is not None:
-      state, position = self.ckpt.restore(self.latest, factory.abstract_state())
+      state, position = self.ckpt.restore(self.latest, self.factory.abstract_state())
       log(f"resumed from step {self.latest}" + "".join(f"\n  changed {k}: {a!r} -> {b!r}"
                                                        for k, (a, b) in self.changes.items()))
-    elif self.source_params is not None:
-      state, position = factory.from_params(self.source_params, jax.random.key(c.seed)), {"next_batch": 0}
-    else:
-      state, position = factory.init(c.seed), {"next_batch": 0}
+      return state, position
+    if self.source_params is not None:
+      return self.factory.from_params(self.source_params, jax.random.key(self.config.seed)), {"next_batch": 0}
+    return self.factory.init(self.config.seed), {"next_batch": 0}
+
+  def train(self):
+    c, factory = self.config, self.factory
+    state, position = self._start_state()
     start = int(state["step"])
 
     distributed.barrier("setup")  # every process validated and built the same run before process 0 writes
@@ -220,9 +224,14 @@ class Run:
       self.writer.flush()
 
     progress.update(summary["step"], summary["train_loss"], summary["tokens_per_second"] or 0.0, force=True)
-    # Every process runs the sampler: the params are sharded over all of them. Only process 0 writes.
-    text = sample_lib.generate(factory, state["params"], self.data.tokenizer, c.sample.prompt,
-                               c.sample.max_new_tokens, c.train.seq_len, temperature=c.sample.temperature)
+    self._finish(state["params"], summary)
+    return summary
+
+  def _finish(self, params, summary):
+    """A greedy sample and summary.json. Every process samples (params are sharded over all); process 0 writes."""
+    c = self.config
+    text = sample_lib.generate(self.factory, params, self.data.tokenizer, c.sample.prompt, c.sample.max_new_tokens,
+                               c.train.seq_len, temperature=c.sample.temperature)
     if jax.process_index() == 0:
       self.writer.text("sample", text, summary["step"])
       summary["unigram_entropy"] = self.data.unigram_entropy_nats()
@@ -232,7 +241,6 @@ class Run:
             f"{summary['eval_loss']:.4f} (unigram entropy {summary['unigram_entropy']:.4f}), "
             f"{summary['tokens_per_second']:.0f} tokens/s, MFU {summary['mfu']:.1%}", flush=True)
     self.writer.close()
-    return summary
 
 
 def build_pipeline(c):

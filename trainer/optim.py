@@ -31,8 +31,13 @@ def schedule(o, steps):
   return optax.join_schedules([warmup, decay], [o.warmup_steps])
 
 
+def path_keys(path):
+  """A jax key path as strings: (DictKey('blocks'), SequenceKey(0), ...) -> ('blocks', '0', ...)."""
+  return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
 def path_str(path):
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+  return "/".join(path_keys(path))
 
 
 def group_specs(o):

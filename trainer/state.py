@@ -17,10 +17,6 @@ from tessera.trainer import optim
 from tessera.trainer.config_loader import ConfigError
 
 
-def _keys(path):
-  return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
 class StateFactory:
   """Knows the model's graph, the shardings and the optimizer; makes fresh or abstract train states."""
 
@@ -63,11 +59,11 @@ class StateFactory:
     """Optimizer leaves that mirror a param (same path suffix and shape) take its sharding; others replicate."""
     by_path = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(self.abstract_params)[0]:
-      by_path[_keys(path)] = leaf.shape
-    flat_sh = {_keys(p): s for p, s in jax.tree_util.tree_flatten_with_path(self.param_shardings)[0]}
+      by_path[optim.path_keys(path)] = leaf.shape
+    flat_sh = {optim.path_keys(p): s for p, s in jax.tree_util.tree_flatten_with_path(self.param_shardings)[0]}
 
     def pick(path, leaf):
-      keys = _keys(path)
+      keys = optim.path_keys(path)
       for start in range(len(keys)):
         suffix = keys[start:]
         if by_path.get(suffix) == leaf.shape:
