@@ -55,8 +55,8 @@ def make_train_step(factory, loss_fn):
     metrics = {
         "loss": loss,
         "lr": factory.lr_schedule(state["step"]),
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(new_params),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(new_params),
         **{f"grad_norm/{k}": v for k, v in _group_norms(factory, grads).items()},
         **{k: v for k, v in aux.items() if k != "loss"},
         **regularizer_metrics,
