@@ -10,7 +10,7 @@ from tessera.configs import defaults
 _VARIANTS = {
     # name: (d_model, n_layers, n_heads, n_kv_heads, d_ff, batch, seq_len, steps)
     "tiny": (64, 2, 4, 2, 256, 8, 64, 20),
-    "small": (128, 4, 4, 2, 512, 16, 128, 300),
+    "small": (128, 4, 8, 4, 512, 16, 128, 300),  # heads and KV heads divisible by 2 and 4 (mesh.tensor)
     "base": (1024, 16, 16, 8, 4096, 64, 1024, 20000),
 }
 

@@ -31,7 +31,7 @@ def test_split_overrides_accepts_both_spellings():
     ({"model.n_kv_heads": 3}, "config key 'model.n_kv_heads'"),
     ({"model.dtype": "float16"}, "config key 'model.dtype': 'float16' is not one of"),
     ({"optim.schedule": "step"}, "config key 'optim.schedule'"),
-    ({"mesh.tensor": 3}, "config key 'model.n_heads': 4 is not divisible by mesh.tensor=3"),
+    ({"mesh.tensor": 3}, "config key 'model.n_heads': 8 is not divisible by mesh.tensor=3"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "config key 'mesh': at most one axis may be -1"),
     ({"optim.groups": [{"pattern": "mlp", "lr_scal": 2.0}]}, "config key 'optim.groups[0]': unknown fields"),
     ({"optim.groups": [{"pattern": "("}]}, "config key 'optim.groups[0].pattern': invalid regex"),
@@ -77,3 +77,9 @@ def test_config_json_round_trip(tmp_path):
   path = tmp_path / "config.json"
   path.write_text(json.dumps(config_loader.to_dict(config)))
   assert config_loader.to_dict(config_loader.from_json(path)) == config_loader.to_dict(config)
+
+
+def test_lm_small_takes_tensor_axes_of_2_and_4():
+  for tensor in (2, 4):
+    config, _ = cli.load_config("configs/lm.py:small", {"mesh.tensor": tensor, "model.vocab_size": 384})
+    assert validate.validate(config, device_count=8) is config
