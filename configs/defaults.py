@@ -52,6 +52,8 @@ def base_config():
   # eval/sample); fake_quant: "none" or a format whose quantise-dequantise runs in the forward (straight-through).
   c.model.gg = ml_collections.ConfigDict(dict(shape=1.0, xi=2.0, fan_mode="reference"))
   # STEM (model.name="stem"): layers None = all but layer 0, or "1/3" | "1/2" | "all" | a list of indices.
+  # offload: tables and their Adam moments in pinned host memory, only the batch's unique rows moved to the device;
+  # needs optim.stem_update="sparse_rows" and train.microbatches=1 (stem.md §8).
   c.model.stem = ml_collections.ConfigDict(dict(
       layers=None, table_init="xavier_normal", lookup_impl="xla", offload=False))
 

@@ -5,6 +5,8 @@
 Registered as "stem": the Llama decoder of decoder.py whose blocks in `model.stem.layers` use `StemFFN` and the
 others the dense SwiGLU (`model.stem.layers=[]` is the dense twin, same init and parameter paths otherwise).
 `stem_ids_BxT` (default: the input tokens) drives only the lookups, which is what knowledge editing changes.
+`model.stem.offload`: tables (and their Adam moments, trainer.state) in pinned host memory; every read goes through
+`gather_rows`, which moves only the batch's unique rows to the device (trainer.step differentiates w.r.t. them).
 Specs: ../shared/specs/stem.md (model, accounting), kernels.md §5 (the lookup kernel).
 """
 import math
@@ -12,6 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.experimental.compute_on import compute_on
 
 from tessera.models import decoder
 from tessera.models import layers
@@ -49,25 +52,65 @@ def stem_layers(cfg):
   return chosen
 
 
-def lookup(table_VxF, ids_BxT, gate_BxTxF, implementation, offload=False):
+def lookup(table_VxF, ids_BxT, gate_BxTxF, implementation, offload=False, batch_rows_of=None):
   """silu(gate) * table[ids]: the one place a STEM layer reads its table (kernels.stem_lookup: fp32 backward).
 
   With `offload` only the rows of the batch's unique ids are gathered from the table (wherever it lives) and moved
   to device memory, and the ids are renumbered into that compact [U, F] table: same values, same gradient.
+  `batch_rows_of=V`: `table_VxF` already is that compact table (the train step gathered it from the host table of
+  V rows, so the gradient lands on device rows, never on the host table).
   """
   from tessera.models.kernels import dispatch  # lazy, as attention.attend: kernels import Pallas
-  if offload:
-    table_VxF, ids_BxT = _unique_rows(table_VxF, ids_BxT)
+  if batch_rows_of is not None:
+    ids_BxT = jnp.searchsorted(unique_ids(ids_BxT, batch_rows_of), ids_BxT).astype(jnp.int32)
+  elif offload:
+    unique_U = unique_ids(ids_BxT, table_VxF.shape[0])
+    table_VxF, ids_BxT = gather_rows(table_VxF, unique_U), jnp.searchsorted(unique_U, ids_BxT).astype(jnp.int32)
   return dispatch.stem_lookup(table_VxF, ids_BxT, gate_BxTxF, implementation=implementation)
 
 
-def _unique_rows(table_VxF, ids_BxT):
-  """(rows of the unique ids on the device, ids renumbered into them). Padding slots read row V - 1, unused."""
-  V = table_VxF.shape[0]
-  unique_U = jnp.unique(ids_BxT, size=min(V, ids_BxT.size), fill_value=V)  # sorted; padding V sorts last
-  rows_UxF = table_VxF.at[unique_U].get(mode="clip")
-  rows_UxF = jax.device_put(rows_UxF, jax.memory.Space.Device)
-  return rows_UxF, jnp.searchsorted(unique_U, ids_BxT).astype(jnp.int32)
+def unique_ids(ids_BxT, V):
+  """The batch's sorted unique ids, padded with V to a static size min(V, B T): the rows offload moves."""
+  return jnp.unique(ids_BxT, size=min(V, ids_BxT.size), fill_value=V)
+
+
+_GATHER = jax.lax.GatherDimensionNumbers(offset_dims=(1,), collapsed_slice_dims=(0,), start_index_map=(0,))
+_SCATTER = jax.lax.ScatterDimensionNumbers(update_window_dims=(1,), inserted_window_dims=(0,),
+                                           scatter_dims_to_operand_dims=(0,))
+
+
+def _on_host(x):
+  return getattr(jax.typeof(x), "memory_space", None) == jax.memory.Space.Host
+
+
+def gather_rows(table_VxF, ids_U):
+  """table[ids] in device memory (padding ids >= V read row V - 1). A host table is read on the host (compute_on)
+  with raw lax ops: jnp indexing makes device-memory constants that a host computation rejects."""
+  ids_U = jnp.minimum(ids_U, table_VxF.shape[0] - 1)
+  if not _on_host(table_VxF):
+    return table_VxF[ids_U]
+  ids_U = jax.device_put(ids_U, jax.memory.Space.Host)
+
+  @compute_on("device_host")
+  def gather(table_VxF, ids_U):
+    return jax.lax.gather(table_VxF, ids_U[:, None], _GATHER, (1, table_VxF.shape[1]),
+                          mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+  return jax.device_put(gather(table_VxF, ids_U), jax.memory.Space.Device)
+
+
+def scatter_rows(table_VxF, ids_U, rows_UxF):
+  """table with rows ids set to `rows_UxF` (ids >= V dropped), written where the table lives (host or device)."""
+  if not _on_host(table_VxF):
+    return table_VxF.at[ids_U].set(rows_UxF.astype(table_VxF.dtype), mode="drop")
+
+  @compute_on("device_host")
+  def scatter(table_VxF, ids_U, rows_UxF):
+    return jax.lax.scatter(table_VxF, ids_U[:, None], rows_UxF, _SCATTER,
+                           mode=jax.lax.GatherScatterMode.FILL_OR_DROP)
+
+  host = jax.memory.Space.Host
+  return scatter(table_VxF, jax.device_put(ids_U, host), jax.device_put(rows_UxF.astype(table_VxF.dtype), host))
 
 
 def _truncated_normal(std):
@@ -88,6 +131,7 @@ class StemFFN(nnx.Module):
       raise ValueError(f"model.stem.table_init: {table_init!r} is not one of {sorted(TABLE_INITS)}")
     self.dtype = jnp.dtype(dtype)
     self.lookup_impl, self.offload = lookup_impl, offload
+    self.vocab_size, self.batch_rows = vocab_size, False  # batch_rows: see lookup's batch_rows_of (train step)
     gate_init = gate_init or nnx.with_partitioning(_truncated_normal(d_model ** -0.5), ("embed", "mlp"))
     down_init = down_init or nnx.with_partitioning(_truncated_normal(d_ff ** -0.5), ("mlp", "embed"))
     table = nnx.with_partitioning(nnx.initializers.normal(TABLE_INITS[table_init](vocab_size, d_ff)),
@@ -102,10 +146,12 @@ class StemFFN(nnx.Module):
     weighted sum of those ids' rows of this layer's table (editing's "mean" mode); elsewhere the normal lookup."""
     x_BxTxD = x_BxTxD.astype(self.dtype)
     gate_BxTxF = x_BxTxD @ self.gate[...].astype(self.dtype)
-    h_BxTxF = lookup(self.stem_table[...], stem_ids_BxT, gate_BxTxF, self.lookup_impl, self.offload)
+    h_BxTxF = lookup(self.stem_table[...], stem_ids_BxT, gate_BxTxF, self.lookup_impl, self.offload,
+                     self.vocab_size if self.batch_rows else None)
     if stem_row_override is not None:
       ids_BxTxK, weights_BxTxK = stem_row_override
-      rows_BxTxF = jnp.einsum("btk,btkf->btf", weights_BxTxK.astype(jnp.float32), self.stem_table[...][ids_BxTxK])
+      rows_BxTxKxF = gather_rows(self.stem_table[...], ids_BxTxK.reshape(-1)).reshape(*ids_BxTxK.shape, -1)
+      rows_BxTxF = jnp.einsum("btk,btkf->btf", weights_BxTxK.astype(jnp.float32), rows_BxTxKxF)
       mixed_BxTxF = (jax.nn.silu(gate_BxTxF.astype(jnp.float32)) * rows_BxTxF).astype(h_BxTxF.dtype)
       h_BxTxF = jnp.where((weights_BxTxK.sum(-1) > 0)[..., None], mixed_BxTxF, h_BxTxF)
     return h_BxTxF @ self.down[...].astype(self.dtype)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tessera.models import stem
 from tessera.trainer.config_loader import ConfigError
 
 DEFAULT = "default"
@@ -34,6 +35,10 @@ def schedule(o, steps):
 def path_keys(path):
   """A jax key path as strings: (DictKey('blocks'), SequenceKey(0), ...) -> ('blocks', '0', ...)."""
   return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def is_stem_table(path):
+  return path_str(path).endswith(STEM_TABLE)
 
 
 def path_str(path):
@@ -108,22 +113,30 @@ def sparse_row_adamw(b1, b2, eps, weight_decay, lr):
             "mu": jax.tree.map(jnp.zeros_like, params), "nu": jax.tree.map(jnp.zeros_like, params),
             "row_count": jax.tree.map(lambda p: jnp.zeros(p.shape[:1], jnp.int32), params)}
 
-  def update(grads, state, params, *, stem_row_ids, **_):
+  def update(grads, state, params, *, stem_row_ids, stem_grads_are_rows=False, **_):
+    """`stem_grads_are_rows` (host offload): grads are the [U, F] gradients of the rows `stem_row_ids`, and the
+    returned updates are [U, F] too (add them at those rows); tables and moments are read and written in place,
+    host memory included, without a dense [V, F] temporary."""
     step_lr = lr(state["count"])
 
     def one(g, p, mu, nu, row_count):
       ids_U = stem_row_ids
-      g_UxF = g.at[ids_U].get(mode="fill", fill_value=0)
-      mu_UxF = b1 * mu.at[ids_U].get(mode="fill", fill_value=0) + (1 - b1) * g_UxF
-      nu_UxF = b2 * nu.at[ids_U].get(mode="fill", fill_value=0) + (1 - b2) * jnp.square(g_UxF)
+      take = (lambda a: stem.gather_rows(a, ids_U)) if stem_grads_are_rows else (
+          lambda a: a.at[ids_U].get(mode="fill", fill_value=0))
+      g_UxF = g if stem_grads_are_rows else take(g)
+      mu_UxF = b1 * take(mu) + (1 - b1) * g_UxF
+      nu_UxF = b2 * take(nu) + (1 - b2) * jnp.square(g_UxF)
       count_U = row_count.at[ids_U].get(mode="fill", fill_value=0) + 1
       mu_hat = mu_UxF / (1 - b1 ** count_U.astype(jnp.float32))[:, None]
       nu_hat = nu_UxF / (1 - b2 ** count_U.astype(jnp.float32))[:, None]
-      p_UxF = p.at[ids_U].get(mode="fill", fill_value=0)
+      p_UxF = take(p)
       step_UxF = -step_lr * (mu_hat / (jnp.sqrt(nu_hat) + eps) + weight_decay * p_UxF)
+      counts = row_count.at[ids_U].set(count_U, mode="drop")
+      if stem_grads_are_rows:
+        return (step_UxF.astype(p.dtype), stem.scatter_rows(mu, ids_U, mu_UxF), stem.scatter_rows(nu, ids_U, nu_UxF),
+                counts)
       return (jnp.zeros_like(p).at[ids_U].set(step_UxF.astype(p.dtype), mode="drop"),
-              mu.at[ids_U].set(mu_UxF, mode="drop"), nu.at[ids_U].set(nu_UxF, mode="drop"),
-              row_count.at[ids_U].set(count_U, mode="drop"))
+              mu.at[ids_U].set(mu_UxF, mode="drop"), nu.at[ids_U].set(nu_UxF, mode="drop"), counts)
 
     out = jax.tree.map(one, grads, params, state["mu"], state["nu"], state["row_count"])
     pick = lambda i: jax.tree.map(lambda _, o: o[i], grads, out)

@@ -32,6 +32,12 @@ class StateFactory:
       abstract_model = nnx.eval_shape(lambda: self._build(nnx.Rngs(0)))
       self.graphdef, abstract_params, rest = nnx.split(abstract_model, nnx.Param, ...)
       self.param_shardings = nnx.to_pure_dict(nnx.get_named_sharding(abstract_params, mesh))
+      self.offload = bool(config.model.get("stem", {}).get("offload", False))
+      if self.offload:  # STEM tables (and, by _opt_shardings, their Adam moments) live in pinned host memory
+        self.param_shardings = jax.tree_util.tree_map_with_path(
+            lambda path, s: s.with_memory_kind("pinned_host") if optim.is_stem_table(path) else s,
+            self.param_shardings)
+        self.rows_graphdef = _batch_rows_graphdef(abstract_model)
       if jax.tree.leaves(rest):  # non-parameter module state (rare): needs real values
         _, _, rest = nnx.split(self._build(nnx.Rngs(0)), nnx.Param, ...)
     self._rest = rest
@@ -72,10 +78,12 @@ class StateFactory:
 
     return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
-  def model(self, params):
+  def model(self, params, batch_rows=False):
     """The NNX module over `params` (a pure dict); cheap, used inside jitted functions. 8-bit stored weights are
-    decoded and `model.fake_quant` applied here (tessera.models.quantized)."""
-    return nnx.merge(self.graphdef, nnx.State(quantized.float_params(self.config.model, params)), self._rest)
+    decoded and `model.fake_quant` applied here (tessera.models.quantized). `batch_rows` (offload train step): the
+    STEM tables in `params` are the batch's unique rows (tessera.models.stem.lookup)."""
+    graphdef = self.rows_graphdef if batch_rows else self.graphdef
+    return nnx.merge(graphdef, nnx.State(quantized.float_params(self.config.model, params)), self._rest)
 
   def init(self, seed):
     """A fresh state, created sharded by a jitted initializer."""
@@ -112,3 +120,14 @@ class StateFactory:
   def abstract_params_sharded(self):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         self.abstract_params, self.param_shardings)
+
+
+def _batch_rows_graphdef(abstract_model):
+  """The graph of `abstract_model` (which it flips) with every STEM layer reading a table of batch rows
+  (StemFFN.batch_rows): the offload train step's forward."""
+  from tessera.models import stem
+  for _, module in nnx.iter_graph(abstract_model):
+    if isinstance(module, stem.StemFFN):
+      module.batch_rows = True
+  graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
+  return graphdef

@@ -2,7 +2,9 @@
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental.compute_on import compute_on
 
+from tessera.models import stem
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import optim
 from tessera.trainer import regularizers
@@ -28,6 +30,8 @@ def make_train_step(factory, loss_fn):
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     params = state["params"]
+    if factory.offload:
+      return _offload_train_step(factory, loss_fn, state, batch, rng)
     if m == 1:
       (loss, aux), grads = grad_fn(params, batch, rng)
     else:
@@ -67,6 +71,45 @@ def make_train_step(factory, loss_fn):
   batch_sharding = mesh_lib.batch_sharding(factory.mesh)
   return jax.jit(train_step, in_shardings=(factory.shardings, batch_sharding),
                  out_shardings=(factory.shardings, mesh_lib.replicated(factory.mesh)), donate_argnums=0)
+
+
+def _offload_train_step(factory, loss_fn, state, batch, rng):
+  """Host-offloaded STEM tables (model.stem.offload): gather the batch's unique rows to the device, differentiate
+  w.r.t. those device rows (a host-memory parameter cannot take a cotangent), then the sparse-row AdamW reads and
+  writes only those rows of the host tables and host moments. One microbatch, sparse_rows (trainer.validate)."""
+  params, V = state["params"], factory.config.model.vocab_size
+  ids_U = stem.unique_ids(batch["inputs"], V)
+  is_table = jax.tree_util.tree_map_with_path(lambda path, _: optim.is_stem_table(path), params)
+  rows = jax.tree.map(lambda p, t: stem.gather_rows(p, ids_U) if t else p, params, is_table)
+
+  def loss_of(rows, batch, rng):
+    return loss_fn(factory.model(rows, batch_rows=True), batch, rng)
+
+  (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(rows, batch, rng)
+  updates, opt_state = factory.tx.update(grads, state["opt_state"], params, stem_row_ids=ids_U,
+                                         stem_grads_are_rows=True)
+  new_params = jax.tree.map(
+      lambda p, r, u, t: stem.scatter_rows(p, ids_U, r + u) if t else optax.apply_updates(p, u),
+      params, rows, updates, is_table)
+  metrics = {
+      "loss": loss,
+      "lr": factory.lr_schedule(state["step"]),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": jnp.sqrt(sum(_host_sum_squares(p) if t else jnp.sum(jnp.square(p.astype(jnp.float32)))
+                                 for p, t in zip(jax.tree.leaves(new_params), jax.tree.leaves(is_table)))),
+      **{f"grad_norm/{k}": v for k, v in _group_norms(factory, grads).items()},
+      **{k: v for k, v in aux.items() if k != "loss"},
+  }
+  new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state, "rng": state["rng"]}
+  return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+
+
+def _host_sum_squares(table_VxF):
+  """sum(table**2) computed where the host table lives; only the scalar comes to the device."""
+  @compute_on("device_host")
+  def sum_squares(t):
+    return jnp.sum(jnp.square(t.astype(jnp.float32)))
+  return jax.device_put(sum_squares(table_VxF), jax.memory.Space.Device)
 
 
 def _optimizer_args(config, batch):

@@ -133,6 +133,12 @@ def _validate_stem(config):
   _one_of(config, "model.stem.lookup_impl", STEM_LOOKUP)
   _one_of(config, "optim.stem_update", STEM_UPDATES)
   _check(not m.scan_layers, "model.scan_layers", "the STEM decoder mixes STEM and dense blocks: use False")
+  if s.get("offload", False):  # dense Adam would read and write every host row each step: no offload gain
+    _check(config.optim.get("stem_update", "dense") == "sparse_rows", "model.stem.offload",
+           "needs optim.stem_update=sparse_rows (only the batch's rows leave host memory)")
+    _check(config.train.microbatches == 1, "model.stem.offload", "supports train.microbatches=1 only")
+    _check(not config.get("regularizer", {}).get("backslash", {}).get("enabled", False), "model.stem.offload",
+           "BackSlash (regularizer.backslash.enabled) would rewrite the whole host tables every step")
   layers = s.layers
   if isinstance(layers, str):
     _check(layers in STEM_FRACTIONS, "model.stem.layers",
