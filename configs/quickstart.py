@@ -2,7 +2,7 @@
 per-token table rows instead of an up-projection) trained on the embedded corpus in a few minutes on 2 CPU cores.
 
   scripts/train                      # same as: scripts/train --config configs/quickstart.py --workdir runs/quickstart
-  scripts/edit_knowledge --workdir runs/quickstart --prompt "The " --swap " the= a"
+  scripts/edit_knowledge --workdir runs/quickstart --prompt "Return the value of the " --swap " the= a"
 """
 from tessera.configs import stem
 

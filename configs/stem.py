@@ -4,7 +4,7 @@ up-projection in `model.stem.layers`. Every variant has a dense twin with identi
   scripts/train --config configs/stem.py:small            # CPU: d=128, L=4, STEM layers [1, 3], byte vocab
   scripts/train --config configs/stem.py:small_dense      # the same with model.stem.layers=[] (dense SwiGLU)
   scripts/train --config configs/stem.py:small --sweep    # dense / 1/3 / 1/2 / all, and table_init=normal_1
-  scripts/edit_knowledge --workdir runs/stem_small --prompt "The " --swap " the= a"
+  scripts/edit_knowledge --workdir runs/stem_small --prompt "Return the value of the " --swap " the= a"
 
 `base` / `base_dense` (one GPU): d=512, L=8, F=1536, V=32k, every other layer STEM, T=1024.
 Optimizer (spec §6): AdamW b1 0.9, b2 0.95, eps 1e-8, wd 0.1, warmup + cosine; the tables are their own parameter
