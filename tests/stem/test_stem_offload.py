@@ -4,43 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from tessera import losses  # noqa: F401
-from tessera.configs import defaults
-from tessera.losses import registry as loss_registry
-from tessera.trainer import mesh as mesh_lib
-from tessera.trainer import state as state_lib
-from tessera.trainer import step as step_lib
 from tessera.trainer import validate
 from tessera.trainer.config_loader import ConfigError
 
-from stem_helpers import tiny_cfg, tokens
-
-
-def _config(offload, **optim):
-  c = defaults.base_config()
-  c.model.update(tiny_cfg(**{"stem.offload": offload}).to_dict())
-  c.optim.update(dict(lr=1e-2, warmup_steps=0, stem_update="sparse_rows", groups=[{"pattern": "stem_table"}]))
-  c.optim.update(optim)
-  c.train.update(dict(batch_size=2, seq_len=8, steps=3))
-  c.mesh.data = 1
-  return c
-
-
-def _train(c, steps=3):
-  factory = state_lib.StateFactory(c, mesh_lib.make_mesh(c))
-  step = step_lib.make_train_step(factory, loss_registry.get("next_token")(c.loss))
-  t = np.asarray(tokens((2, 9), vocab=20))
-  batch = {"inputs": t[:, :-1], "targets": t[:, 1:], "segment_ids": np.zeros((2, 8), np.int32),
-           "positions": np.tile(np.arange(8, dtype=np.int32), (2, 1)), "loss_mask": np.ones((2, 8), np.float32)}
-  with factory.context():
-    state = factory.init(0)
-    losses = []
-    for _ in range(steps):
-      state, metrics = step(state, batch)
-      losses.append(float(metrics["loss"]))
-    metrics["eval_loss"] = step_lib.make_eval_step(factory, loss_registry.get("next_token")(c.loss))(
-        state["params"], batch)["loss"]
-  return state, losses, metrics
+from stem_helpers import sparse_rows_config, train_steps
 
 
 def _is_table(path):
@@ -48,8 +15,8 @@ def _is_table(path):
 
 
 def test_offload_train_steps_equal_in_memory_and_keep_tables_on_host():
-  state, losses, metrics = _train(_config(False))
-  off_state, off_losses, off_metrics = _train(_config(True))
+  _, state, losses, metrics, _ = train_steps(sparse_rows_config(3))
+  _, off_state, off_losses, off_metrics, _ = train_steps(sparse_rows_config(3, offload=True))
   np.testing.assert_allclose(off_losses, losses, rtol=1e-6)
   assert losses[-1] < losses[0]
   for key in ("grad_norm", "param_norm", "grad_norm/group0", "eval_loss"):
@@ -66,4 +33,4 @@ def test_offload_train_steps_equal_in_memory_and_keep_tables_on_host():
 
 def test_offload_needs_sparse_rows():
   with pytest.raises(ConfigError, match="model.stem.offload"):
-    validate.validate(_config(True, stem_update="dense"))
+    validate.validate(sparse_rows_config(3, offload=True, stem_update="dense"))

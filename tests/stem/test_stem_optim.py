@@ -7,7 +7,7 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from stem_helpers import build, tiny_cfg, tokens
+from stem_helpers import build, sparse_rows_config, tiny_cfg, tokens, train_steps
 from tessera.configs import defaults
 from tessera.trainer import optim
 
@@ -91,28 +91,10 @@ def test_sparse_rows_moves_only_batch_rows_and_matches_dense_adam_on_them():
 
 
 def test_sparse_rows_train_step_runs_and_learns():
-  from tessera.trainer import mesh as mesh_lib, state as state_lib, step as step_lib
-  from tessera.losses import registry as loss_registry
-  from tessera import losses  # noqa: F401
-  c = defaults.base_config()
-  c.model.update(tiny_cfg().to_dict())
-  c.optim.update(dict(lr=1e-2, warmup_steps=0, stem_update="sparse_rows", groups=[{"pattern": "stem_table"}]))
-  c.train.update(dict(batch_size=2, seq_len=8, steps=4))
-  c.mesh.data = 1
-  factory = state_lib.StateFactory(c, mesh_lib.make_mesh(c))
-  step = step_lib.make_train_step(factory, loss_registry.get("next_token")(c.loss))
-  t = np.asarray(tokens((2, 9), vocab=20))
-  batch = {"inputs": t[:, :-1], "targets": t[:, 1:], "segment_ids": np.zeros((2, 8), np.int32),
-           "positions": np.tile(np.arange(8, dtype=np.int32), (2, 1)), "loss_mask": np.ones((2, 8), np.float32)}
-  with factory.context():
-    state = factory.init(0)
-    table_before = np.asarray(_table(state["params"]))
-    losses = []
-    for _ in range(4):
-      state, metrics = step(state, batch)
-      losses.append(float(metrics["loss"]))
+  initial_params, state, losses, metrics, inputs = train_steps(sparse_rows_config(4))
+  table_before = np.asarray(_table(initial_params))
   present = np.zeros(64, bool)
-  present[t[:, :-1].ravel()] = True
+  present[np.asarray(inputs).ravel()] = True
   table_after = np.asarray(_table(state["params"]))
   assert (table_after[~present] == table_before[~present]).all()
   assert (table_after[present] != table_before[present]).any()
