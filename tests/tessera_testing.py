@@ -2,6 +2,7 @@
 
 (Not in conftest.py: several conftest.py files exist, and `from conftest import` would pick whichever came first.)
 """
+import json
 import os
 import pathlib
 import subprocess
@@ -35,3 +36,12 @@ def tb_scalars(workdir, tag):
 
 
 TINY = ("--config", "configs/lm.py:tiny")
+
+
+def run_json_script(code, devices, timeout=600):
+  """Runs `python -c code` on `devices` fake CPU devices; returns the JSON its last stdout line prints."""
+  environ = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True,
+                          timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])

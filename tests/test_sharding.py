@@ -1,12 +1,7 @@
 """Sharded equals unsharded on 8 fake CPU devices; FSDP divides parameter and optimizer bytes by the mesh."""
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tessera_testing import ROOT, TINY, run_cli, tb_scalars
+from tessera_testing import TINY, run_cli, run_json_script, tb_scalars
 
 
 def test_2x2x2_mesh_matches_one_device(tmp_path):
@@ -40,11 +35,7 @@ print(json.dumps(out))
 
 
 def test_fsdp_divides_state_bytes_per_device():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  result = subprocess.run([sys.executable, "-c", _MEMORY], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  sizes = json.loads(result.stdout.strip().splitlines()[-1])
+  sizes = run_json_script(_MEMORY, devices=8)
   assert sizes["fsdp"] <= 1.05 / 8 * sizes["replicated"], sizes
 
 

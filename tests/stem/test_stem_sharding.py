@@ -1,12 +1,7 @@
 """STEM under a (data=2, fsdp=2, tensor=2) mesh of 8 fake CPU devices equals one device (check 7)."""
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tessera_testing import ROOT
+from tessera_testing import run_json_script
 
 SCRIPT = r"""
 import json, jax, numpy as np
@@ -46,11 +41,7 @@ print(json.dumps(out))
 
 @pytest.mark.slow  # ~40 s idle, ~2 min on a busy 2-core machine (two compiles of the train step)
 def test_sharded_stem_equals_one_device_and_shards_tables_over_d_ff():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
+  out = run_json_script(SCRIPT, devices=8, timeout=300)
   for a, b in zip(out["one"]["losses"], out["mesh"]["losses"]):
     assert abs(a - b) < 1e-5, (out["one"]["losses"], out["mesh"]["losses"])
   assert out["mesh"]["shape"] == [64, 48] and out["mesh"]["shard"] == [64, 24]  # [V, F/2]: F on "tensor"
