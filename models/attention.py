@@ -50,6 +50,30 @@ def attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT, implementation):
                            implementation=implementation)
 
 
+def attend_cached(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, positions_BxT, cache, live_BxT, implementation):
+  """Attention through a KV cache, by true positions and keep masks (kernels.attention); returns (out, cache).
+
+  T == 1 is a decode step: the token is written to the cache (which may evict) and attends over what is kept.
+  T > 1 is a prefill: the tokens attend over the cache plus themselves (each sees its whole prefix, as in
+  training), then the cache keeps what its policy allows. `live_BxT` marks real tokens (prompt padding is not).
+  """
+  from tessera.models import kernels, kv_cache  # lazy, as in `attend`
+  implementation = implementation if implementation in ("xla", "pallas") else "auto"  # cudnn: no keep masks
+  if live_BxT is None:
+    live_BxT = jnp.ones(positions_BxT.shape, bool)
+  if q_BxTxHxD.shape[1] == 1:
+    cache = kv_cache.append_one(cache, k_BxTxKxD, v_BxTxKxD, positions_BxT, live_BxT)
+    out_BxTxHxD = kernels.attention(q_BxTxHxD, cache.k_BxCxKxE, cache.v_BxCxKxE, causal=True,
+                                    q_positions=positions_BxT, kv_positions=cache.positions_BxKxC,
+                                    keep=cache.live_BxKxC(), implementation=implementation)
+    return out_BxTxHxD, cache
+  k_BxNxKxD, v_BxNxKxD, pos_BxKxN, live_BxKxN = kv_cache.candidates(cache, k_BxTxKxD, v_BxTxKxD, positions_BxT,
+                                                                    live_BxT)
+  out_BxTxHxD = kernels.attention(q_BxTxHxD, k_BxNxKxD, v_BxNxKxD, causal=True, q_positions=positions_BxT,
+                                  kv_positions=pos_BxKxN, keep=live_BxKxN, implementation=implementation)
+  return out_BxTxHxD, kv_cache.merge(cache, k_BxNxKxD, v_BxNxKxD, pos_BxKxN, live_BxKxN)
+
+
 class Attention(nnx.Module):
   """Llama self-attention: q/k/v projections per head, RoPE on q and k, grouped-query attention, output proj."""
 
@@ -63,12 +87,17 @@ class Attention(nnx.Module):
     self.v = layers.param(cfg, rngs, (D, K, E), ("embed", "kv_heads", "head_dim"))
     self.o = layers.param(cfg, rngs, (H, E, D), ("q_heads", "head_dim", "embed"), residual_out=True)
 
-  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT):
+  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT, cache=None, live_BxT=None):
+    """With `cache` (a kv_cache.LayerCache) returns (out, cache): see `attend_cached`."""
     x_BxTxD = x_BxTxD.astype(self.dtype)
     q_BxTxHxE = jnp.einsum("btd,dhe->bthe", x_BxTxD, self.q[...].astype(self.dtype))
     k_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.k[...].astype(self.dtype))
     v_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.v[...].astype(self.dtype))
     q_BxTxHxE = layers.apply_rope(q_BxTxHxE, positions_BxT, self.rope_theta)
     k_BxTxKxE = layers.apply_rope(k_BxTxKxE, positions_BxT, self.rope_theta)
+    if cache is not None:
+      out_BxTxHxE, cache = attend_cached(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, positions_BxT, cache, live_BxT,
+                                         self.implementation)
+      return jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(self.dtype)), cache
     out_BxTxHxE = attend(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, segment_ids_BxT, self.implementation)
     return jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(self.dtype))

@@ -30,10 +30,15 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg)
     self.mlp = make_mlp(cfg, rngs)
 
-  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args):
-    """`mlp_args` go to the FFN after its input (STEM's lookup ids); the dense SwiGLU takes none."""
-    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), segment_ids_BxT, positions_BxT)
-    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD), *mlp_args)
+  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args, cache=None, live_BxT=None):
+    """`mlp_args` go to the FFN after its input (STEM's lookup ids); the dense SwiGLU takes none.
+    With `cache` (this layer's kv_cache.LayerCache) returns (x, cache)."""
+    if cache is None:
+      x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), segment_ids_BxT, positions_BxT)
+      return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD), *mlp_args)
+    h_BxTxD, cache = self.attn(self.attn_norm(x_BxTxD), segment_ids_BxT, positions_BxT, cache, live_BxT)
+    x_BxTxD = x_BxTxD + h_BxTxD
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD), *mlp_args), cache
 
 
 def _stacked_blocks(cfg, rngs):
@@ -57,6 +62,7 @@ class Decoder(nnx.Module):
     self.remat = cfg.remat
     self.scan_layers = cfg.scan_layers
     self.tie_embeddings = cfg.tie_embeddings
+    self.n_layers, self.n_kv_heads, self.head_dim = cfg.n_layers, cfg.n_kv_heads, head_dim(cfg)  # cache shapes
     self.embed = param(cfg, rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"))
     self.blocks = self._make_blocks(cfg, rngs)
     self.final_norm = RMSNorm(cfg)
@@ -69,21 +75,54 @@ class Decoder(nnx.Module):
       return _stacked_blocks(cfg, rngs)
     return nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
 
-  def __call__(self, tokens_BxT, *, segment_ids_BxT=None, positions_BxT=None):
-    """`positions_BxT` defaults to arange(T) per row; with packing pass per-document positions (restart at 0)."""
-    return self._forward(tokens_BxT, segment_ids_BxT, positions_BxT)
+  def __call__(self, tokens_BxT, *, segment_ids_BxT=None, positions_BxT=None, cache=None, live_BxT=None):
+    """`positions_BxT` defaults to arange(T) per row; with packing pass per-document positions (restart at 0).
 
-  def _forward(self, tokens_BxT, segment_ids_BxT, positions_BxT, *mlp_args):
+    With `cache` (from `init_cache`) returns (logits, cache): T == 1 decodes one token per row at its true position,
+    T > 1 prefills (`live_BxT` False marks padding after a shorter prompt). tessera.models.generate drives this.
+    """
+    return self._forward(tokens_BxT, segment_ids_BxT, positions_BxT, cache=cache, live_BxT=live_BxT)
+
+  def init_cache(self, batch, policy):
+    """An empty kv_cache.KVCache for `batch` rows under a `resolve`d kv_cache.Policy (call inside jit)."""
+    from tessera.models import kv_cache
+    return kv_cache.init(policy, batch, self.n_layers, self.n_kv_heads, self.head_dim, self.dtype,
+                         stacked=self.scan_layers)
+
+  def _forward(self, tokens_BxT, segment_ids_BxT, positions_BxT, *mlp_args, cache=None, live_BxT=None):
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.dtype)
+    if cache is not None:
+      x_BxTxD, cache = self._run_blocks_cached(x_BxTxD, positions_BxT, cache, live_BxT, *mlp_args)
+      return self._logits(x_BxTxD), cache
     x_BxTxD = self._run_blocks(x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args)
+    return self._logits(x_BxTxD)
+
+  def _logits(self, x_BxTxD):
     x_BxTxD = self.final_norm(x_BxTxD)
     if self.tie_embeddings:
       return jnp.einsum("btd,vd->btv", x_BxTxD, self.embed[...].astype(self.dtype),
                         preferred_element_type=jnp.float32)
     return jnp.einsum("btd,dv->btv", x_BxTxD, self.unembed[...].astype(self.dtype),
                       preferred_element_type=jnp.float32)
+
+  def _run_blocks_cached(self, x_BxTxD, positions_BxT, cache, live_BxT, *mlp_args):
+    """The blocks over a KV cache (inference: no remat); a scanned stack scans over its stacked cache."""
+    if self.scan_layers:
+      graphdef, stacked_state = nnx.split(self.blocks)
+
+      def body(x_BxTxD, state_and_layer):
+        state, layer = state_and_layer
+        return nnx.merge(graphdef, state)(x_BxTxD, None, positions_BxT, *mlp_args, cache=layer, live_BxT=live_BxT)
+
+      x_BxTxD, layers = jax.lax.scan(body, x_BxTxD, (stacked_state, cache.layers))
+      return x_BxTxD, cache.replace(layers=layers)
+    layers = []
+    for block, layer in zip(self.blocks, cache.layers):
+      x_BxTxD, layer = block(x_BxTxD, None, positions_BxT, *mlp_args, cache=layer, live_BxT=live_BxT)
+      layers.append(layer)
+    return x_BxTxD, cache.replace(layers=tuple(layers))
 
   def _run_blocks(self, x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args):
     """Applies the blocks functionally (split/merge), so remat and scan are plain JAX transforms."""

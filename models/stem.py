@@ -187,10 +187,12 @@ class StemDecoder(decoder.Decoder):
                      for i in range(cfg.n_layers)])
 
   def __call__(self, tokens_BxT, *, segment_ids_BxT=None, positions_BxT=None, stem_ids_BxT=None,
-               stem_row_override=None):
-    """`stem_ids_BxT` defaults to `tokens_BxT`; see StemFFN for `stem_row_override`."""
+               stem_row_override=None, cache=None, live_BxT=None):
+    """`stem_ids_BxT` defaults to `tokens_BxT` (at decode: the new token's id); see StemFFN for
+    `stem_row_override` and decoder.Decoder for `cache`."""
     stem_ids_BxT = tokens_BxT if stem_ids_BxT is None else stem_ids_BxT
-    return self._forward(tokens_BxT, segment_ids_BxT, positions_BxT, stem_ids_BxT, stem_row_override)
+    return self._forward(tokens_BxT, segment_ids_BxT, positions_BxT, stem_ids_BxT, stem_row_override,
+                         cache=cache, live_BxT=live_BxT)
 
 
 @registry.register("stem")
