@@ -73,7 +73,7 @@ def test_the_checker_sees_what_it_must(tmp_path):
   bad = tmp_path / "bad.py"
   bad.write_text("import pickle\nfrom dill import loads\nimport yaml, numpy as np, subprocess\n"
                  "eval('1')\nexec('x = 1')\nyaml.load(s)\nnp.load(f, allow_pickle=True)\n"
-                 "subprocess.run('ls', shell=True)\n")
+                 "subprocess.run('ls', shell=True)\npickle.loads(b)\n")
   ok = tmp_path / "ok.py"
   ok.write_text('"""workers can unpickle it"""\nimport ast, yaml\nast.literal_eval("1")\nmodel.eval()\n'
                 "yaml.safe_load(s)\nnp.load(f, allow_pickle=False)\n")
