@@ -1,7 +1,8 @@
-"""Every config key the trainer knows, with its default: experiment configs start here and override.
+"""The spine's config keys with their defaults (and the decoder family's `model` keys every LM shares).
 
-Keys are grouped the way the trainer consumes them. Validation (tessera.trainer.validate) checks values;
-ml_collections' lock rejects unknown keys and type-changing overrides.
+Experiment configs start here, add their method's keys (configs/stem.py, configs/gg.py, ...) and override.
+Validation: tessera.trainer.validate checks these keys; each model, objective and rule checks its own
+(tessera.models.registry.checks). ml_collections' lock rejects unknown keys and type-changing overrides.
 """
 import ml_collections
 
@@ -11,7 +12,6 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
-    ("stem_vocab", None),  # STEM tables: replicated along V (sharding it over batch axes all-gathers every step)
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
@@ -23,14 +23,18 @@ DEFAULT_RULES = (
 def base_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Python files or module names imported before the registries are read: a method kept outside the package
+  # (e.g. a test's model and objective) registers itself this way; recorded in config.json, so resumes find it.
+  c.imports = []
 
+  # trainable: re.search pattern on '/'-joined parameter paths; non-matching params are frozen (state["frozen"]).
   c.train = ml_collections.ConfigDict(dict(
-      steps=100, batch_size=8, seq_len=128, microbatches=1, log_every_steps=1))
+      steps=100, batch_size=8, seq_len=128, microbatches=1, log_every_steps=1, trainable=".*"))
 
   steps = c.train.get_ref("steps")
   c.optim = ml_collections.ConfigDict(dict(
       lr=3e-3, schedule="cosine", warmup_steps=steps // 20, lr_min_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
-      clip=1.0, weight_decay=0.1, groups=[], stem_update="dense"))
+      clip=1.0, weight_decay=0.1, groups=[]))
 
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=200, every_seconds=600.0, max_to_keep=3, keep_period=0, async_save=True))
@@ -45,27 +49,13 @@ def base_config():
       name="decoder", vocab_size=0, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=0,
       d_ff=512, rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True, dtype="float32",
       param_dtype="float32", remat="none", scan_layers=False, attention_impl="xla", init="normal",
-      init_std=0.02, weight_format="float", fake_quant="none"))
-  # model.init="gg" (gg_prior.md §3): every >= 2-D weight ~ GG(0, alpha, shape) with variance xi/n; n is the output
-  # size of a kernel and V of an embedding ("reference") or the input size ("fan_in"). weight_format: how the
-  # checkpoint stores >= 2-D weights ("float", or 8-bit codes "rf8"|"e4m3"|"e5m2" written by scripts/quantize, for
-  # eval/sample); fake_quant: "none" or a format whose quantise-dequantise runs in the forward (straight-through).
-  c.model.gg = ml_collections.ConfigDict(dict(shape=1.0, xi=2.0, fan_mode="reference"))
-  # STEM (model.name="stem"): layers None = all but layer 0, or "1/3" | "1/2" | "all" | a list of indices.
-  # offload: tables and their Adam moments in pinned host memory, only the batch's unique rows moved to the device;
-  # needs optim.stem_update="sparse_rows" and train.microbatches=1 (stem.md §8).
-  c.model.stem = ml_collections.ConfigDict(dict(
-      layers=None, table_init="xavier_normal", lookup_impl="xla", offload=False))
-
+      init_std=0.02))
   c.loss = ml_collections.ConfigDict(dict(name="next_token"))
-  # BackSlash (gg_prior.md §5): a rate step on the weights after every optimizer update while
-  # step < end_fraction * train.steps; lam 0 = the project default 2e3 * N / 1.24e8 (2e3 from 1e7 params).
-  # weight_stats: log nu-hat, entropy/Exp-Golomb bits per param and weight histograms at every eval (always on with
-  # BackSlash).
-  c.regularizer = ml_collections.ConfigDict(dict(weight_stats=False))
-  c.regularizer.backslash = ml_collections.ConfigDict(dict(
-      enabled=False, lam=0.0, clip=1.0, pool="all", end_fraction=0.75))
   c.data = ml_collections.ConfigDict(dict(name="embedded", path="", workers=0, prefetch=4))
+  # init.workdir: load another run's latest params into the matching part of this model (init.map: a list of
+  # "source_regex=target" rewrites of the source paths, re.sub on the first matching one; init.strict: every
+  # param must be loaded). --init-from W is init.workdir=W with init.strict=True.
+  c.init = ml_collections.ConfigDict(dict(workdir="", map=[], strict=False))
   c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))
   c.sample = ml_collections.ConfigDict(dict(prompt="def ", max_new_tokens=80, temperature=0.0))
   return c

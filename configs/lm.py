@@ -6,6 +6,7 @@
 Variants: `tiny` (tests, seconds), `small` (the CPU workhorse, ~0.3 s/step on 2 cores), `base` (one GPU/TPU host).
 """
 from tessera.configs import defaults
+from tessera.configs import gg
 
 _VARIANTS = {
     # name: (d_model, n_layers, n_heads, n_kv_heads, d_ff, batch, seq_len, steps)
@@ -15,7 +16,8 @@ _VARIANTS = {
 }
 
 
-def get_config(arg="small"):
+def build(arg="small"):
+  """The unlocked config of a variant (other configs start from it)."""
   if arg not in _VARIANTS:
     raise ValueError(f"configs/lm.py: unknown variant {arg!r}; choose one of {sorted(_VARIANTS)}")
   d_model, n_layers, n_heads, n_kv_heads, d_ff, batch, seq_len, steps = _VARIANTS[arg]
@@ -26,6 +28,12 @@ def get_config(arg="small"):
   if arg == "base":
     c.model.update(dict(vocab_size=32768, dtype="bfloat16", remat="dots", scan_layers=True))
     c.optim.lr = 3e-4
+  gg.add_keys(c)
+  return c
+
+
+def get_config(arg="small"):
+  c = build(arg)
   c.lock()
   return c
 

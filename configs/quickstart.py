@@ -11,7 +11,6 @@ def get_config(arg=None):
   del arg
   c = stem.build("small")
   c.train.update(dict(batch_size=16, seq_len=128, steps=600))
-  c.optim.warmup_steps = 30
   c.eval.update(dict(every_steps=200, batches=8))
   c.checkpoint.every_steps = 200
   c.lock()

@@ -11,14 +11,33 @@ Optimizer (spec §6): AdamW b1 0.9, b2 0.95, eps 1e-8, wd 0.1, warmup + cosine; 
 group (pattern "stem_table", same hyperparameters) so each group clips its own gradient norm; dense AdamW over the
 whole table (`optim.stem_update=sparse_rows` is the non-paper lazy variant). Backbone init: Lingua's.
 """
+import ml_collections
+
 from tessera.configs import defaults
+from tessera.configs import gg
 
 _VARIANTS = {
-    # name: (d_model, n_layers, n_heads, d_ff, vocab_size (0: tokenizer's), seq_len, batch, steps, lr, warmup)
-    "small": (128, 4, 4, 384, 0, 256, 16, 2000, 3e-3, 100),
-    "base": (512, 8, 8, 1536, 32768, 1024, 64, 20000, 3e-4, 2000),
+    # name: (d_model, n_layers, n_heads, d_ff, vocab_size (0: tokenizer's), seq_len, batch, steps, lr,
+    #        warmup as a fraction of train.steps)
+    "small": (128, 4, 4, 384, 0, 256, 16, 2000, 3e-3, 0.05),
+    "base": (512, 8, 8, 1536, 32768, 1024, 64, 20000, 3e-4, 0.1),
 }
 STEM_LAYERS = {"small": [1, 3], "base": [1, 3, 5, 7]}
+
+
+def add_keys(c):
+  """The keys the STEM method reads (tessera.models.stem_method checks them).
+
+  model.stem.layers: None = all but layer 0, or "1/3" | "1/2" | "all" | a list of indices; table_init:
+  "xavier_normal" | "normal_1"; lookup_impl: "xla" | "pallas" | "auto"; offload: tables and their Adam moments in
+  pinned host memory, only the batch's unique rows moved to the device (needs sparse_rows, microbatches=1; stem.md
+  section 8). optim.stem_update="sparse_rows" is the shorthand for `update="sparse_rows"` on the optimizer group
+  that holds the tables ("dense", the paper's, changes nothing).
+  """
+  c.model.stem = ml_collections.ConfigDict(dict(
+      layers=None, table_init="xavier_normal", lookup_impl="xla", offload=False))
+  c.optim.stem_update = "dense"
+  return c
 
 
 def build(arg="small"):
@@ -28,12 +47,13 @@ def build(arg="small"):
     raise ValueError(f"configs/stem.py: unknown variant {arg!r}; choose one of "
                      f"{sorted(_VARIANTS) + [v + '_dense' for v in sorted(_VARIANTS)]}")
   d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch, steps, lr, warmup = _VARIANTS[base_arg]
-  c = defaults.base_config()
+  c = add_keys(gg.add_keys(defaults.base_config()))
   c.model.update(dict(name="stem", d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_heads,
                       d_ff=d_ff, vocab_size=vocab, tie_embeddings=False, init="lingua"))
   c.model.stem.layers = [] if arg.endswith("_dense") else STEM_LAYERS[base_arg]
   c.train.update(dict(batch_size=batch, seq_len=seq_len, steps=steps))
-  c.optim.update(dict(lr=lr, warmup_steps=warmup, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip=1.0,
+  c.optim.warmup_steps = (c.train.get_ref("steps") * warmup).to_int()  # follows train.steps overrides
+  c.optim.update(dict(lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip=1.0,
                       groups=[{"pattern": "stem_table", "clip": 1.0}]))
   c.eval.update(dict(every_steps=100, batches=8))
   c.sample.prompt = "The "

@@ -22,3 +22,16 @@ def name_for(cfg_data):
   if cfg_data.path and cfg_data.name == "embedded":
     return "prepared"
   return cfg_data.name
+
+
+PREPARERS = {}
+
+
+def preparer(name):
+  """Decorator: registers `fn(cfg_data, directory, seed)` that writes pipeline `name`'s dataset into `directory`
+  (e.g. a synthetic dataset). The trainer runs it once per workdir, into `<workdir>/data`, before building the
+  pipeline, and passes that directory to the builder as `prepared=`."""
+  def add(fn):
+    PREPARERS[name] = fn
+    return fn
+  return add

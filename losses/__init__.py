@@ -1,1 +1,2 @@
+from tessera.losses import backslash_rule  # registers the BackSlash after-update rule and the weight statistics
 from tessera.losses import next_token  # registers "next_token"

@@ -16,8 +16,8 @@ def cross_entropy(logits_BxTxV, targets_BxT, mask_BxT):
 
 
 @registry.register("next_token")
-def build(cfg_loss):
-  del cfg_loss
+def build(config):
+  del config
 
   def loss_fn(model, batch, rng):
     del rng

@@ -1,2 +1,4 @@
+from tessera.models import config_checks  # registers the decoder's key checks
 from tessera.models import decoder  # registers "decoder"
 from tessera.models import stem  # registers "stem"
+from tessera.models import stem_method  # STEM's checks, sharding rule, sparse-row update, offload step

@@ -12,6 +12,12 @@ from flax import nnx
 
 from tessera.models import gg_init
 
+class ModelState(nnx.Variable):
+  """Model state that is not a parameter (an EMA copy, a running statistic): never differentiated, updated only by
+  an objective's `after_update` inside the train step, kept in the train state's "model_state" and checkpointed.
+  Give it logical axes like a Param (`ModelState(value, out_sharding=("embed", "mlp"))`) to shard it."""
+
+
 def lingua_init(cfg, std):
   """Lingua's default (used by STEM): truncated normal cut at 3 std, std = fan_in^-0.5, ignoring `init_std`.
 

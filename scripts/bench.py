@@ -15,7 +15,6 @@ import time
 
 import jax
 
-from tessera.losses import registry as loss_registry
 from tessera.trainer import cli, loop, step as step_lib
 
 SHAPES = {  # name: (d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch)
@@ -90,7 +89,7 @@ def checkpoint_blocking(config_spec, overrides, workdir, start):
 
 def compile_time(run, cache):
   """Seconds to lower and compile the trainer's step, with or without the persistent compilation cache."""
-  train_step = step_lib.make_train_step(run.factory, loss_registry.get(run.config.loss.name)(run.config.loss))
+  train_step = step_lib.make_train_step(run.factory)
   b, t = run.config.train.batch_size, run.config.train.seq_len
   batch = {k: jax.ShapeDtypeStruct((b, t), "float32" if k == "loss_mask" else "int32")
            for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask")}

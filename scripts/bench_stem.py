@@ -15,7 +15,6 @@ import numpy as np
 
 from tessera import losses  # noqa: F401  (registers objectives)
 from tessera.configs import stem as stem_configs
-from tessera.losses import registry as loss_registry
 from tessera.models import registry as model_registry
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import state as state_lib
@@ -54,7 +53,7 @@ def run(shape=SHAPE, steps=10, rounds=3):
     c = config(layers, update, shape)
     c.mesh.data = jax.device_count()
     factory = state_lib.StateFactory(c, mesh_lib.make_mesh(c))
-    step = step_lib.make_train_step(factory, loss_registry.get("next_token")(c.loss))
+    step = step_lib.make_train_step(factory)
     with factory.context():
       state = factory.init(0)
       state, metrics = step(state, batches[0])  # compile

@@ -56,7 +56,6 @@ def check(config, args):
   """Lower and compile the real train step on abstract inputs; memory_analysis() is per device."""
   import jax
   from jax.sharding import AxisType
-  from tessera.losses import registry as loss_registry
   from tessera.trainer import loop, mesh as mesh_lib, state as state_lib, step as step_lib, validate
 
   pipeline = loop.build_pipeline(config)
@@ -75,7 +74,7 @@ def check(config, args):
   mesh = jax.make_mesh(tuple(sizes[a] for a in mesh_lib.AXES), mesh_lib.AXES, devices=devices,
                        axis_types=(AxisType.Auto,) * len(mesh_lib.AXES))
   factory = state_lib.StateFactory(config, mesh)
-  train_step = step_lib.make_train_step(factory, loss_registry.get(config.loss.name)(config.loss))
+  train_step = step_lib.make_train_step(factory)
   example = pipeline.eval_batches(1, slice(0, config.train.batch_size))[0]
   batch = {k: jax.ShapeDtypeStruct((config.train.batch_size,) + v.shape[1:], v.dtype) for k, v in example.items()}
   with factory.context():

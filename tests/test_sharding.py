@@ -23,7 +23,7 @@ out = {}
 for name, mesh in (("replicated", {"mesh.data": 8}), ("fsdp", {"mesh.data": 1, "mesh.fsdp": 8})):
   config, _ = cli.load_config("configs/lm.py:small", {**mesh, "model.vocab_size": 384})
   factory = state_lib.StateFactory(config, mesh_lib.make_mesh(config))
-  step = step_lib.make_train_step(factory, registry.get("next_token")(config.loss))
+  step = step_lib.make_train_step(factory)
   b, t = config.train.batch_size, config.train.seq_len
   batch = {k: jax.ShapeDtypeStruct((b, t), "float32" if k == "loss_mask" else "int32")
            for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask")}

@@ -1,8 +1,9 @@
 """Command line: `python -m tessera.trainer [train|eval|sample] --config FILE[:ARG] --config.a.b=V ...`.
 
 Multi-process jobs add `--coordinator HOST:PORT --num-processes N --process-id I` (or the environment: see
-tessera.trainer.distributed; launch/ sets it up). Parsing, overrides and validation import only ml_collections, so a bad flag fails in well under a second with one
-line on stderr (exit 2) and nothing written. Exit codes: 0 done, 2 bad config or input, 1 anything else.
+tessera.trainer.distributed; launch/ sets it up). Parsing, overrides and the spine's validation import only
+ml_collections; the methods' key checks then import the zoo. A bad flag fails in about a second with one line on
+stderr (exit 2) and nothing written. Exit codes: 0 done, 2 bad config or input, 1 anything else.
 """
 import argparse
 import pathlib
@@ -57,10 +58,20 @@ def sweep_name(overrides):
   return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
 
 
-def load_config(spec, overrides):
-  config, module = config_loader.load(resolve_config_path(spec))
+def load_config(spec, overrides, check_methods=True):
+  """A config file (`path.py[:arg]`, or a run's `config.json`) with overrides applied and validated: the spine's
+  keys, then (`check_methods`) the model's and rules' own keys."""
+  if spec.endswith(".json"):
+    if not pathlib.Path(spec).is_file():
+      raise ConfigError(f"--config: no such file {spec!r}")
+    config, module = config_loader.from_json(spec), None
+  else:
+    config, module = config_loader.load(resolve_config_path(spec))
   config_loader.apply_overrides(config, overrides)
   validate.validate(config)
+  if check_methods:
+    from tessera.trainer import zoo  # imports the zoo (jax): after the cheap checks
+    zoo.check(config)
   return config, module
 
 
@@ -68,19 +79,29 @@ def parser(command):
   p = argparse.ArgumentParser(prog=f"tessera {command}", description=__doc__.splitlines()[0],
                               epilog="multi-process: --coordinator HOST:PORT --num-processes N --process-id I")
   if command == "train":
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="config file, optionally with :variant")
+    p.add_argument("--config", help=f"config file, optionally with :variant, or a run's config.json (default: "
+                                     f"--workdir's config.json when it has one, else {DEFAULT_CONFIG})")
     p.add_argument("--workdir", help="run directory (default runs/<config>[_<variant>])")
     p.add_argument("--sweep", action="store_true", help="run every override set of the config's sweep()")
-    p.add_argument("--init-from", dest="init_from", help="start from another run's latest params (step 0)")
+    p.add_argument("--init-from", dest="init_from",
+                   help="start from another run's latest params (step 0): init.workdir=W, init.strict=True")
   else:
     p.add_argument("--workdir", required=True, help="a run directory with config.json and checkpoints/")
   if command == "eval":
     p.add_argument("--batches", type=int, help="eval batches (default: the run's eval.batches)")
-  if command == "sample":
-    p.add_argument("--prompt", required=True)
+  if command == "sample":  # checked in tessera.trainer.sample (one-line errors, exit 2)
+    p.add_argument("--prompt", help="one prompt (printed with its continuation)")
+    p.add_argument("--prompts", metavar="FILE", help="one prompt per line, decoded as one batch; one output line "
+                   "each (newlines in a continuation escaped as \\n)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus: the smallest set with this mass (1 = all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kv-policy", default="full", help="KV cache: full (every token), window, sink_window")
+    p.add_argument("--kv-budget", type=int, help="M: entries kept per layer and KV head (window, sink_window)")
+    p.add_argument("--kv-buffer", type=int, help="B: entries written between evictions (default max(8, M // 4))")
+    p.add_argument("--kv-sinks", type=int, help="S: first tokens sink_window always keeps (default 4)")
   return p
 
 
@@ -88,15 +109,23 @@ def plan_train(argv):
   """Parse and validate everything up front: [(config, workdir)] (one per sweep point) and --init-from."""
   args, rest = parser("train").parse_known_args(argv)
   overrides = split_overrides(rest)
-  config, module = load_config(args.config, overrides)
-  workdir = args.workdir or default_workdir(args.config)
+  spec = args.config
+  if spec is None:  # continue an existing run from its saved config (runs written by scripts, e.g. a transfer)
+    saved = pathlib.Path(args.workdir or "", "config.json")
+    spec = str(saved) if args.workdir and saved.is_file() else DEFAULT_CONFIG
+  if args.init_from:
+    if not pathlib.Path(args.init_from).is_dir():
+      raise ConfigError(f"--init-from: {args.init_from} is not a directory")
+    overrides = {**overrides, "init.workdir": str(pathlib.Path(args.init_from).resolve()), "init.strict": True}
+  config, module = load_config(spec, overrides)
+  workdir = args.workdir or default_workdir(spec)
   if not args.sweep:
     return [(config, workdir)], args.init_from
-  if not hasattr(module, "sweep"):
+  if module is None or not hasattr(module, "sweep"):
     raise ConfigError(f"--sweep: {args.config} defines no sweep()")
   runs = []
   for point in module.sweep():
-    config, _ = load_config(args.config, {**overrides, **point})
+    config, _ = load_config(spec, {**overrides, **point})
     runs.append((config, f"{workdir.rstrip('/')}/{sweep_name(point)}"))  # not pathlib: keeps gs:// intact
   return runs, args.init_from
 

@@ -3,9 +3,8 @@ import json
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
-from tessera import losses as _losses  # noqa: F401  (registers objectives)
-from tessera.losses import registry as loss_registry
 from tessera.trainer import checkpoint as ckpt_lib
 from tessera.trainer import config_loader
 from tessera.trainer import loop
@@ -17,7 +16,14 @@ from tessera.trainer.config_loader import ConfigError
 
 
 def load(workdir):
-  """(config, factory, params, step, pipeline) of the latest checkpoint; the mesh is rebuilt for this host."""
+  """(config, factory, params, step, pipeline) of the latest checkpoint, `params` the whole tree (trained and
+  frozen: what `factory.model(params)` takes); the mesh is rebuilt for this host."""
+  config, factory, variables, step, pipeline = load_variables(workdir)
+  return config, factory, factory.all_params(variables["params"], variables["frozen"]), step, pipeline
+
+
+def load_variables(workdir):
+  """(config, factory, {"params", "frozen", "model_state"}, step, pipeline) of the latest checkpoint."""
   workdir = ckpt_lib.absolute(workdir)
   if not (workdir / "config.json").exists():
     raise ConfigError(f"--workdir: {workdir}/config.json not found (not a tessera run)")
@@ -29,27 +35,37 @@ def load(workdir):
     config.mesh.update(dict(data=-1, fsdp=1, tensor=1))  # any device count can read any checkpoint
   factory = state_lib.StateFactory(config, mesh_lib.make_mesh(config))
   checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint)
-  params = checkpointer.restore_params(step, factory.abstract_params_sharded())
+  variables = restore_variables(checkpointer, step, factory)
   checkpointer.close()
   pipeline = loop.build_pipeline(config)
-  return config, factory, params, step, pipeline
+  return config, factory, variables, step, pipeline
+
+
+def restore_variables(checkpointer, step, factory):
+  """The saved params, frozen params and model state (trees a checkpoint lacks, e.g. in scripts' outputs that
+  store only params, come back empty)."""
+  saved = checkpointer.saved_shapes(step)
+  item = {k: v for k, v in factory.abstract_variables().items() if k in saved and jax.tree.leaves(v)}
+  restored = checkpointer.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)))
+  return {k: restored[ckpt_lib.STATE].get(k, {}) for k in state_lib.TREES}
 
 
 def evaluate(workdir, batches=None):
-  config, factory, params, step, pipeline = load(workdir)
-  return {"step": step, **evaluate_params(config, factory, params, pipeline, batches)}
+  config, factory, variables, step, pipeline = load_variables(workdir)
+  return {"step": step, **evaluate_variables(config, factory, variables, pipeline, batches)}
 
 
-def evaluate_params(config, factory, params, pipeline, batches=None):
-  """{"eval_loss", "batches"} of `params` (in the factory's stored form) on the run's eval batches."""
-  eval_step = step_lib.make_eval_step(factory, loss_registry.get(config.loss.name)(config.loss))
+def evaluate_variables(config, factory, variables, pipeline, batches=None):
+  """{"eval_loss", "batches"} of `variables` (params in the factory's stored form) on the run's eval batches."""
+  eval_step = step_lib.make_eval_step(factory)
   sharding = mesh_lib.batch_sharding(factory.mesh)
   rows = mesh_lib.local_rows(sharding, config.train.batch_size)
   losses = []
   for local in pipeline.eval_batches(batches or config.eval.batches, rows):
     batch = {k: jax.make_array_from_process_local_data(sharding, v, (config.train.batch_size,) + v.shape[1:])
              for k, v in local.items()}
-    losses.append(float(jax.device_get(eval_step(params, batch))["loss"]))
+    losses.append(float(jax.device_get(eval_step(variables, batch))["loss"]))
   return {"eval_loss": float(np.mean(losses)), "batches": len(losses)}
 
 
@@ -57,11 +73,8 @@ def main(command, args):
   """Every process computes (params are sharded over all of them); process 0 prints."""
   if command == "eval":
     output = json.dumps(evaluate(args.workdir, args.batches))
-  else:
-    config, factory, params, step, pipeline = load(args.workdir)
-    output = args.prompt + sample_lib.generate(factory, params, pipeline.tokenizer, args.prompt,
-                                               args.max_new_tokens, config.train.seq_len,
-                                               temperature=args.temperature, seed=args.seed)
+  else:  # sample: flags checked before loading; stdout holds only the prompts and their continuations
+    output = sample_lib.run(args, load)
   if jax.process_index() == 0:
     print(output)
   return 0

@@ -1,10 +1,10 @@
 """AdamW with warmup + decay, parameter groups matched on paths, each group clipping its own gradient norm.
 
-`optim.groups` entries: {pattern, lr_scale, clip, weight_decay, frozen}; the first whose regex matches a
-parameter path ("layers/0/mlp/up/kernel") owns it, the rest fall in the "default" group (optim.clip, weight_decay).
+`optim.groups` entries: {pattern, lr_scale, clip, weight_decay, frozen, update}; the first whose regex matches a
+parameter path ("blocks/0/mlp/up") owns it, the rest fall in the "default" group (optim.clip, weight_decay).
+A frozen group's params are not trained at all (they live in state["frozen"], see trainer.state). `update` names
+the group's transformation: "adamw" (default) or one a method registers (tessera.models.registry.optimizer_update).
 Weight decay applies to matrices only (ndim >= 2): norms and biases are never decayed.
-`optim.stem_update="sparse_rows"` swaps the AdamW of the group holding the STEM tables for a lazy, row-wise AdamW
-that reads and writes only the rows of the ids in the batch ("dense", the default and the paper's, changes nothing).
 """
 import re
 
@@ -12,12 +12,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tessera.models import stem
-from tessera.trainer.config_loader import ConfigError
+from tessera.models import registry as model_registry
 
 DEFAULT = "default"
-STEM_UPDATES = ("dense", "sparse_rows")
-STEM_TABLE = "stem_table"  # the STEM table's parameter name (tessera.models.stem.TABLE_PARAM)
+ADAMW = "adamw"
 
 
 def schedule(o, steps):
@@ -37,112 +35,83 @@ def path_keys(path):
   return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
-def is_stem_table(path):
-  return path_str(path).endswith(STEM_TABLE)
-
-
 def path_str(path):
   return "/".join(path_keys(path))
 
 
 def group_specs(o):
-  """name -> dict(lr_scale, clip, weight_decay, frozen); group i is named 'group<i>'."""
-  specs = {DEFAULT: dict(lr_scale=1.0, clip=o.clip, weight_decay=o.weight_decay, frozen=False)}
+  """name -> dict(lr_scale, clip, weight_decay, frozen, update); group i is named 'group<i>'."""
+  specs = {DEFAULT: dict(lr_scale=1.0, clip=o.clip, weight_decay=o.weight_decay, frozen=False, update=None)}
   for i, g in enumerate(o.groups):
     specs[f"group{i}"] = dict(lr_scale=g.get("lr_scale", 1.0), clip=g.get("clip", o.clip),
-                              weight_decay=g.get("weight_decay", o.weight_decay), frozen=g.get("frozen", False))
+                              weight_decay=g.get("weight_decay", o.weight_decay), frozen=g.get("frozen", False),
+                              update=g.get("update"))
   return specs
+
+
+def group_of(o, name):
+  """The group owning parameter path `name`."""
+  for i, g in enumerate(o.groups):
+    if re.search(g["pattern"], name):
+      return f"group{i}"
+  return DEFAULT
 
 
 def group_labels(o, params):
   """Same-structure tree of group names."""
-  patterns = [(f"group{i}", re.compile(g["pattern"])) for i, g in enumerate(o.groups)]
-
-  def label(path, _):
-    name = path_str(path)
-    return next((g for g, pattern in patterns if pattern.search(name)), DEFAULT)
-
-  return jax.tree_util.tree_map_with_path(label, params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: group_of(o, path_str(path)), params)
 
 
-def build(o, steps, params):
-  """The optax transformation for `params` (a pure dict) plus its lr schedule."""
-  lr = schedule(o, steps)
-  transforms = {}
-  for name, g in group_specs(o).items():
-    if g["frozen"]:
-      transforms[name] = optax.set_to_zero()
-      continue
-    scale = g["lr_scale"]
-    transforms[name] = optax.chain(
-        optax.clip_by_global_norm(g["clip"]) if g["clip"] > 0 else optax.identity(),
-        optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
-        optax.add_decayed_weights(g["weight_decay"], mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
-        optax.scale_by_learning_rate(lambda step, s=scale: lr(step) * s),
-    )
+def _adamw(o, g, lr_fn):
+  return optax.chain(
+      optax.clip_by_global_norm(g["clip"]) if g["clip"] > 0 else optax.identity(),
+      optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+      optax.add_decayed_weights(g["weight_decay"], mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
+      optax.scale_by_learning_rate(lr_fn),
+  )
+
+
+def group_updates(config, labels, params):
+  """{group: update name} for the groups holding params: the group's `update`, else the first registered update
+  whose `default` claims the group's paths (a method's shorthand key), else AdamW."""
+  paths = {}
+  for (path, _), label in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(labels)):
+    paths.setdefault(label, []).append(path_str(path))
+  specs = group_specs(config.optim)
+  chosen = {}
+  for name, group_paths in paths.items():
+    update = specs[name]["update"]
+    if update is not None and update != ADAMW and update not in model_registry.OPTIMIZER_UPDATES:
+      raise ValueError(f"config key 'optim.groups[{name.removeprefix('group')}].update': unknown update "
+                       f"{update!r}; known: {sorted([ADAMW, *model_registry.OPTIMIZER_UPDATES])}")
+    if update is None:
+      update = next((u for u, spec in sorted(model_registry.OPTIMIZER_UPDATES.items())
+                     if spec.default(config, group_paths)), ADAMW)
+    chosen[name] = update
+  return chosen
+
+
+def build(config, params):
+  """(optax transformation for the trainable `params` (a pure dict), lr schedule, group labels, {group: update})."""
+  o = config.optim
+  lr = schedule(o, config.train.steps)
   labels = group_labels(o, params)
-  if o.get("stem_update", "dense") == "sparse_rows":
-    for name in _table_groups(params, labels):
-      g = group_specs(o)[name]
-      transforms[name] = optax.chain(
-          optax.clip_by_global_norm(g["clip"]) if g["clip"] > 0 else optax.identity(),
-          sparse_row_adamw(o.b1, o.b2, o.eps, g["weight_decay"], lambda step, s=g["lr_scale"]: lr(step) * s))
-  return optax.multi_transform(transforms, labels), lr, labels
+  updates = group_updates(config, labels, params)
+  transforms = {}
+  for name, update in updates.items():
+    g = group_specs(o)[name]
+    lr_fn = lambda step, s=g["lr_scale"]: lr(step) * s
+    transforms[name] = _adamw(o, g, lr_fn) if update == ADAMW else model_registry.OPTIMIZER_UPDATES[update].make(
+        o, g, lr_fn)
+  return optax.multi_transform(transforms, labels), lr, labels, updates
 
 
-def _table_groups(params, labels):
-  """Groups holding STEM tables; each must hold only tables (its update becomes row-wise)."""
-  flat = [(path_str(p), label) for (p, _), label in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                                                        jax.tree.leaves(labels))]
-  groups = {label for name, label in flat if name.endswith(STEM_TABLE)}
-  for name, label in flat:
-    if label in groups and not name.endswith(STEM_TABLE):
-      raise ConfigError(f"config key 'optim.stem_update': sparse_rows, but group {label!r} holds {name}, "
-                        f"not only STEM tables; give the tables their own optim.groups entry (pattern {STEM_TABLE!r})")
-  return sorted(groups)
-
-
-def sparse_row_adamw(b1, b2, eps, weight_decay, lr):
-  """Lazy AdamW for [V, F] tables: only rows listed in the extra argument `stem_row_ids` (unique ids, padded with
-  V) move; their moments and per-row step counts (bias correction) advance, all other rows stay untouched (no
-  decay, no momentum drift). Not the paper's optimizer (stem.md §6): state is as large as dense Adam's, but the
-  optimizer reads and writes only U of V rows."""
-
-  def init(params):
-    return {"count": jnp.zeros((), jnp.int32),
-            "mu": jax.tree.map(jnp.zeros_like, params), "nu": jax.tree.map(jnp.zeros_like, params),
-            "row_count": jax.tree.map(lambda p: jnp.zeros(p.shape[:1], jnp.int32), params)}
-
-  def update(grads, state, params, *, stem_row_ids, stem_grads_are_rows=False, **_):
-    """`stem_grads_are_rows` (host offload): grads are the [U, F] gradients of the rows `stem_row_ids`, and the
-    returned updates are [U, F] too (add them at those rows); tables and moments are read and written in place,
-    host memory included, without a dense [V, F] temporary."""
-    step_lr = lr(state["count"])
-
-    def one(g, p, mu, nu, row_count):
-      ids_U = stem_row_ids
-      take = (lambda a: stem.gather_rows(a, ids_U)) if stem_grads_are_rows else (
-          lambda a: a.at[ids_U].get(mode="fill", fill_value=0))
-      g_UxF = g if stem_grads_are_rows else take(g)
-      mu_UxF = b1 * take(mu) + (1 - b1) * g_UxF
-      nu_UxF = b2 * take(nu) + (1 - b2) * jnp.square(g_UxF)
-      count_U = row_count.at[ids_U].get(mode="fill", fill_value=0) + 1
-      mu_hat = mu_UxF / (1 - b1 ** count_U.astype(jnp.float32))[:, None]
-      nu_hat = nu_UxF / (1 - b2 ** count_U.astype(jnp.float32))[:, None]
-      p_UxF = take(p)
-      step_UxF = -step_lr * (mu_hat / (jnp.sqrt(nu_hat) + eps) + weight_decay * p_UxF)
-      counts = row_count.at[ids_U].set(count_U, mode="drop")
-      if stem_grads_are_rows:
-        return (step_UxF.astype(p.dtype), stem.scatter_rows(mu, ids_U, mu_UxF), stem.scatter_rows(nu, ids_U, nu_UxF),
-                counts)
-      return (jnp.zeros_like(p).at[ids_U].set(step_UxF.astype(p.dtype), mode="drop"),
-              mu.at[ids_U].set(mu_UxF, mode="drop"), nu.at[ids_U].set(nu_UxF, mode="drop"), counts)
-
-    out = jax.tree.map(one, grads, params, state["mu"], state["nu"], state["row_count"])
-    pick = lambda i: jax.tree.map(lambda _, o: o[i], grads, out)
-    return pick(0), {"count": state["count"] + 1, "mu": pick(1), "nu": pick(2), "row_count": pick(3)}
-
-  return optax.GradientTransformationExtraArgs(init, update)
+def extra_args(config, updates, batch):
+  """Extra keyword arguments of the method updates in use (e.g. the batch's unique ids for sparse rows)."""
+  args = {}
+  for update in sorted(set(updates.values()) - {ADAMW}):
+    args.update(model_registry.OPTIMIZER_UPDATES[update].extra_args(config, batch))
+  return args
 
 
 def group_grad_norms(grads, labels, names):

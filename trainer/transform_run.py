@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tessera.losses import backslash_rule
 from tessera.models import deepshape as deepshape_lib
 from tessera.models import numerics
 from tessera.models import quantized
@@ -31,7 +32,6 @@ from tessera.trainer import loop
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import metrics as metrics_lib
 from tessera.trainer import optim
-from tessera.trainer import regularizers
 from tessera.trainer import state as state_lib
 from tessera.trainer import workdir as workdir_lib
 from tessera.trainer.config_loader import ConfigError
@@ -87,19 +87,24 @@ def load_source(source):
   saved = checkpointer.saved_shapes(step)
   saved_flat = {optim.path_str(p): tuple(getattr(leaf, "shape", ()))
                 for p, leaf in jax.tree_util.tree_flatten_with_path(saved.get("params", {}))[0]}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(factory.abstract_params)[0]:
+  saved_flat.update({optim.path_str(p): tuple(getattr(leaf, "shape", ()))
+                     for p, leaf in jax.tree_util.tree_flatten_with_path(saved.get("frozen", {}))[0]})
+  for path, leaf in jax.tree_util.tree_flatten_with_path((factory.abstract_params, factory.abstract_frozen))[0]:
     key = optim.path_str(path)
     if saved_flat.get(key) != tuple(leaf.shape):
       raise ConfigError(f"--workdir: checkpoint step {step} has {key} of shape {saved_flat.get(key)}, but the "
                         f"run's config expects {tuple(leaf.shape)} (not this model's params)")
-  params = checkpointer.restore_params(step, factory.abstract_params_sharded())
+  variables = inspect_run.restore_variables(checkpointer, step, factory)
   checkpointer.close()
-  return config, factory, params, step
+  return config, factory, factory.all_params(variables["params"], variables["frozen"]), step
 
 
-def save_params(workdir, config, step, params):
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint)
-  checkpointer.save(step, {"step": jnp.asarray(step, jnp.int32), "params": params}, {"next_batch": 0})
+def save_params(workdir, factory, step, params):
+  """{step, params, frozen} (split as `factory`'s run splits them): what eval, sample and init.workdir read."""
+  trained, frozen = factory.split_params(params)
+  checkpointer = ckpt_lib.Checkpointer(workdir, factory.config.checkpoint)
+  checkpointer.save(step, {"step": jnp.asarray(step, jnp.int32), "params": trained, "frozen": frozen},
+                    {"next_batch": 0})
   checkpointer.close()
 
 
@@ -116,9 +121,9 @@ def quantize(args, config, factory, params, step, tmp):
     config.model.weight_format = args.format
   stored_factory = state_lib.StateFactory(config, factory.mesh)
   stored = jax.device_put(stored, stored_factory.param_shardings)
-  save_params(tmp, config, step, stored)
+  save_params(tmp, stored_factory, step, stored)
   with tempfile.TemporaryDirectory() as float_dir:  # the same params saved in fp32: the size baseline
-    save_params(float_dir, config, step, params)
+    save_params(float_dir, factory, step, params)
     float_bytes = state_bytes(float_dir, step)
   host = jax.device_get(params)
   quantized_count = sum(int(np.size(w)) for w in jax.tree.leaves(host) if quantized.quantizable(w))
@@ -137,8 +142,9 @@ def deepshape(args, config, factory, params, step, tmp):
                       f"{info['nu']:.2f} is outside (0, 3]")
   print(f"deepshape: adj_minnum {info['adj_minnum']}, ν̂ {info['nu']:.2f} -> {info['nu_target']:.2f}, "
         f"β̂ {info['beta']:.4g} -> {info['beta_target']:.4g}, {info['n_in']} in range", file=sys.stderr)
-  save_params(tmp, config, step, jax.device_put(reshaped, factory.param_shardings))
-  return {"before": regularizers.weight_stats(host), "after": regularizers.weight_stats(reshaped),
+  save_params(tmp, factory, step, jax.device_put(reshaped, factory.all_params(factory.param_shardings,
+                                                                              factory.frozen_shardings)))
+  return {"before": backslash_rule.weight_stats(host), "after": backslash_rule.weight_stats(reshaped),
           "deepshape": info}
 
 
@@ -146,7 +152,9 @@ def transform(args):
   source, out = check_args(args)
   config, factory, params, step = load_source(source)
   pipeline = loop.build_pipeline(config)
-  source_loss = inspect_run.evaluate_params(config, factory, params, pipeline)["eval_loss"]
+  trained, frozen = factory.split_params(params)
+  variables = {"params": trained, "frozen": frozen, "model_state": {}}
+  source_loss = inspect_run.evaluate_variables(config, factory, variables, pipeline)["eval_loss"]
   tmp = out.parent / f".{out.name}.partial"
   if tmp.exists():
     shutil.rmtree(tmp)

@@ -1,23 +1,16 @@
-"""Config validation that runs before any device work or heavy import: one ConfigError naming the key."""
+"""Validation of the spine's keys, before any device work or heavy import: one ConfigError naming the key.
+
+Model, objective and rule keys are checked by their methods (tessera.trainer.zoo.check); this file names none.
+"""
 import math
 import re
 
 from tessera.trainer.config_loader import ConfigError
 
-DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "linear", "constant")
-REMAT = ("none", "full", "dots")
-ATTENTION = ("xla", "pallas", "cudnn", "auto")
-STEM_LOOKUP = ("xla", "pallas", "auto")
-STEM_TABLE_INITS = ("xavier_normal", "normal_1")
-STEM_FRACTIONS = ("1/3", "1/2", "all")
-STEM_UPDATES = ("dense", "sparse_rows")
 MESH_AXES = ("data", "fsdp", "tensor")
-NUMBER_FORMATS = ("rf8", "e4m3", "e5m2")  # tessera.models.numerics.FORMATS (not imported: no jax here)
-FAN_MODES = ("reference", "fan_in")
-POOLS = ("all", "matrices")
 GROUP_FIELDS = {"pattern": str, "lr_scale": (int, float), "clip": (int, float), "weight_decay": (int, float),
-                "frozen": bool}
+                "frozen": bool, "update": str}
 
 
 def _fail(key, message):
@@ -76,7 +69,7 @@ def validate(config, device_count=None):
 
   o = config.optim
   _one_of(config, "optim.schedule", SCHEDULES)
-  _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+  _check(isinstance(o.lr, (int, float)) and 0 < o.lr < math.inf, "optim.lr", f"must be finite and > 0, got {o.lr}")
   _check(0 <= o.warmup_steps <= t.steps, "optim.warmup_steps", f"must be in [0, train.steps], got {o.warmup_steps}")
   _check(0 <= o.lr_min_ratio <= 1, "optim.lr_min_ratio", f"must be in [0, 1], got {o.lr_min_ratio}")
   for key in ("b1", "b2"):
@@ -87,28 +80,12 @@ def validate(config, device_count=None):
   for i, group in enumerate(o.groups):
     _validate_group(i, group)
 
-  m = config.model
-  _one_of(config, "model.dtype", DTYPES)
-  _one_of(config, "model.param_dtype", DTYPES)
-  _one_of(config, "model.remat", REMAT)
-  _one_of(config, "model.attention_impl", ATTENTION)
-  _check(isinstance(m.vocab_size, int) and m.vocab_size >= 0, "model.vocab_size",
-         f"must be >= 0 (0 = the tokenizer's size padded to a multiple of 128), got {m.vocab_size!r}")
-  for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
-    _check(isinstance(m[key], int) and m[key] >= 1, f"model.{key}", f"must be a positive int, got {m[key]!r}")
-  _check(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads",
-         f"model.n_heads={m.n_heads} is not a multiple of n_kv_heads={m.n_kv_heads}")
-  _check(m.head_dim > 0 or m.d_model % m.n_heads == 0, "model.d_model",
-         f"{m.d_model} is not divisible by model.n_heads={m.n_heads} (or set model.head_dim)")
-  tensor = sizes["tensor"]
-  if tensor != -1:
-    for key in ("n_heads", "n_kv_heads", "vocab_size", "d_ff"):
-      _check(m[key] % tensor == 0 or (key == "vocab_size" and m[key] == 0), f"model.{key}", f"{m[key]} is not divisible by mesh.tensor={tensor}")
-
-  _validate_gg(config)
-
-  if m.name == "stem":
-    _validate_stem(config)
+  _regex(config.train.trainable, "train.trainable")
+  _check(isinstance(config.init.workdir, str), "init.workdir", "must be a run directory (a string)")
+  for i, rule in enumerate(config.init.map):
+    source, sep, _ = str(rule).partition("=")
+    _check(sep and source, f"init.map[{i}]", f"expected 'source_regex=target', got {rule!r}")
+    _regex(source, f"init.map[{i}]")
 
   c = config.checkpoint
   _check(c.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0 (0 = only at the end), got {c.every_steps}")
@@ -127,27 +104,6 @@ def validate(config, device_count=None):
   return config
 
 
-def _validate_stem(config):
-  m, s = config.model, config.model.stem
-  _one_of(config, "model.stem.table_init", STEM_TABLE_INITS)
-  _one_of(config, "model.stem.lookup_impl", STEM_LOOKUP)
-  _one_of(config, "optim.stem_update", STEM_UPDATES)
-  _check(not m.scan_layers, "model.scan_layers", "the STEM decoder mixes STEM and dense blocks: use False")
-  if s.get("offload", False):  # dense Adam would read and write every host row each step: no offload gain
-    _check(config.optim.get("stem_update", "dense") == "sparse_rows", "model.stem.offload",
-           "needs optim.stem_update=sparse_rows (only the batch's rows leave host memory)")
-    _check(config.train.microbatches == 1, "model.stem.offload", "supports train.microbatches=1 only")
-    _check(not config.get("regularizer", {}).get("backslash", {}).get("enabled", False), "model.stem.offload",
-           "BackSlash (regularizer.backslash.enabled) would rewrite the whole host tables every step")
-  layers = s.layers
-  if isinstance(layers, str):
-    _check(layers in STEM_FRACTIONS, "model.stem.layers",
-           f"{layers!r} is not a list or one of {list(STEM_FRACTIONS)}")
-  elif layers is not None:
-    _check(all(isinstance(i, int) and 0 <= i < m.n_layers for i in layers), "model.stem.layers",
-           f"{list(layers)} must be layer indices in [0, model.n_layers={m.n_layers})")
-
-
 def _validate_group(i, group):
   key = f"optim.groups[{i}]"
   _check(hasattr(group, "keys"), key, f"must be a dict with fields {sorted(GROUP_FIELDS)}")
@@ -157,34 +113,11 @@ def _validate_group(i, group):
   for field, kind in GROUP_FIELDS.items():
     if field in group:
       _check(isinstance(group[field], kind), f"{key}.{field}", f"wrong type {type(group[field]).__name__}")
+  _regex(group["pattern"], f"{key}.pattern")
+
+
+def _regex(pattern, key):
   try:
-    re.compile(group["pattern"])
-  except re.error as e:
-    _fail(f"{key}.pattern", f"invalid regex: {e}")
-
-
-def _validate_gg(config):
-  """model.gg, model.weight_format / fake_quant and regularizer.backslash (gg_prior.md)."""
-  m = config.model
-  gg = m.get("gg")
-  if gg is not None:
-    _check(0 < gg.shape <= 3, "model.gg.shape", f"the GG shape nu must be in (0, 3], got {gg.shape}")
-    _check(gg.xi > 0, "model.gg.xi", f"must be > 0 (2 = He), got {gg.xi}")
-    _one_of(config, "model.gg.fan_mode", FAN_MODES)
-  if "weight_format" in m:
-    _one_of(config, "model.weight_format", ("float", *NUMBER_FORMATS))
-    _check(m.weight_format == "float", "model.weight_format",
-           f"{m.weight_format!r} checkpoints (scripts/quantize) are for eval/sample; train in float "
-           "(model.fake_quant for quantization-aware training)")
-  if "fake_quant" in m:
-    _one_of(config, "model.fake_quant", ("none", *NUMBER_FORMATS))
-  b = config.get("regularizer", {}).get("backslash")
-  if b is None:
-    return
-  _check(b.lam >= 0, "regularizer.backslash.lam", f"must be >= 0 (0 = project default), got {b.lam}")
-  _check(b.clip > 0, "regularizer.backslash.clip", f"must be > 0 (keeps the step finite at w = 0), got {b.clip}")
-  _one_of(config, "regularizer.backslash.pool", POOLS)
-  _check(0 <= b.end_fraction <= 1, "regularizer.backslash.end_fraction", f"must be in [0, 1], got {b.end_fraction}")
-  if b.enabled:
-    _check(m.param_dtype == "float32", "regularizer.backslash.enabled",
-           f"BackSlash needs fp32 master weights (model.param_dtype=float32), got {m.param_dtype!r}")
+    re.compile(pattern)
+  except (re.error, TypeError) as e:
+    _fail(key, f"invalid regex: {e}")

@@ -47,8 +47,8 @@ def normal(shape, seed=0):
 
 def sparse_rows_config(steps, offload=False, **optim):
   """A full trainer config around tiny_cfg: sparse-row AdamW with the tables in their own group, one device."""
-  from tessera.configs import defaults
-  c = defaults.base_config()
+  from tessera.configs import defaults, gg, stem
+  c = stem.add_keys(gg.add_keys(defaults.base_config()))
   c.model.update(tiny_cfg(**{"stem.offload": offload}).to_dict())
   c.optim.update(dict(lr=1e-2, warmup_steps=0, stem_update="sparse_rows", groups=[{"pattern": "stem_table"}]))
   c.optim.update(optim)
@@ -61,12 +61,9 @@ def train_steps(c):
   """Runs c.train.steps real jitted train steps on one fixed batch.
 
   Returns (initial params on host, final state, losses, last metrics + "eval_loss", input ids)."""
-  from tessera import losses  # noqa: F401  (registers next_token)
-  from tessera.losses import registry as loss_registry
   from tessera.trainer import mesh as mesh_lib, state as state_lib, step as step_lib
   factory = state_lib.StateFactory(c, mesh_lib.make_mesh(c))
-  loss_fn = loss_registry.get("next_token")(c.loss)
-  step = step_lib.make_train_step(factory, loss_fn)
+  step = step_lib.make_train_step(factory)
   t = np.asarray(tokens((2, 9), vocab=20))
   batch = {"inputs": t[:, :-1], "targets": t[:, 1:], "segment_ids": np.zeros((2, 8), np.int32),
            "positions": np.tile(np.arange(8, dtype=np.int32), (2, 1)), "loss_mask": np.ones((2, 8), np.float32)}
@@ -77,5 +74,6 @@ def train_steps(c):
     for _ in range(c.train.steps):
       state, metrics = step(state, batch)
       losses.append(float(metrics["loss"]))
-    metrics["eval_loss"] = step_lib.make_eval_step(factory, loss_fn)(state["params"], batch)["loss"]
+    metrics["eval_loss"] = step_lib.make_eval_step(factory)(
+        {k: state[k] for k in ("params", "frozen", "model_state")}, batch)["loss"]
   return initial_params, state, losses, metrics, batch["inputs"]

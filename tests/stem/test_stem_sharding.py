@@ -7,10 +7,10 @@ SCRIPT = r"""
 import json, jax, numpy as np
 from jax.sharding import AxisType
 from tessera import losses
-from tessera.configs import defaults
+from tessera.configs import defaults, gg, stem as stem_config
 from tessera.losses import registry
 from tessera.trainer import mesh as mesh_lib, state as state_lib, step as step_lib
-c = defaults.base_config()
+c = stem_config.add_keys(gg.add_keys(defaults.base_config()))
 c.model.update(dict(name="stem", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48,
                     tie_embeddings=False, init="lingua"))
 c.model.stem.layers = [1]
@@ -27,7 +27,7 @@ out = {}
 for name, shape, devices in (("one", (1, 1, 1), jax.devices()[:1]), ("mesh", (2, 2, 2), jax.devices())):
   mesh = jax.make_mesh(shape, mesh_lib.AXES, devices=devices, axis_types=(AxisType.Auto,) * 3)
   factory = state_lib.StateFactory(c, mesh)
-  step = step_lib.make_train_step(factory, registry.get("next_token")(c.loss))
+  step = step_lib.make_train_step(factory)
   with factory.context():
     state, losses = factory.init(0), []
     for b in batches:
