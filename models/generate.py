@@ -125,6 +125,15 @@ def pad_prompts(prompts, multiple=1):
   return tokens_BxP, lengths_B
 
 
+def _fit(x_BxT, shape):
+  """A per-prompt model argument [n_prompts, T, ...] fitted to the padded batch: rows repeat row 0 (as
+  `pad_prompts`), positions past T are zeros (padding, never attended)."""
+  rows, P = shape
+  x_BxT = np.concatenate([x_BxT, np.repeat(x_BxT[:1], rows - x_BxT.shape[0], axis=0)])
+  pad = [(0, 0), (0, P - x_BxT.shape[1])] + [(0, 0)] * (x_BxT.ndim - 2)
+  return np.pad(x_BxT, pad)
+
+
 class Engine:
   """Compiled prefill and decode around one model; `generate` is the whole loop.
 
@@ -160,6 +169,7 @@ class Engine:
     n_prompts = len(prompts)
     tokens_BxP, lengths_B = pad_prompts(prompts, kv_cache.batch_multiple())
     policy = policy.resolve(tokens_BxP.shape[1], max_new_tokens)
+    prefill_kwargs = jax.tree.map(lambda x: _fit(np.asarray(x), tokens_BxP.shape), prefill_kwargs or {})
     token_B, logits_BxV, cache, done_B = self.prefill(tokens_BxP, lengths_B, policy, sampling, prefill_kwargs)
     tokens, logits = [token_B], [logits_BxV]
     for i in range(1, max_new_tokens):

@@ -4,7 +4,7 @@ Every position holding SOURCE's tokens reads TARGET's rows instead, in all STEM 
 embedding and everything else still see the original tokens. Two ways:
   replace  one-for-one id swap (stem_ids differ from tokens only at SOURCE's positions);
   mean     at every SOURCE position, the mean of TARGET's rows (`stem_row_override`), for any token counts.
-Pure functions on numpy ids plus a greedy decoder over any `logits_fn`; nothing here knows the trainer.
+Pure functions on numpy ids plus `continue_greedy` on the generation engine; nothing here knows the trainer.
 """
 import numpy as np
 
@@ -62,23 +62,40 @@ def edit(tokens_T, source_S, target_K, mode="replace"):
   return np.array(tokens_T, np.int32), mean_override(tokens_T, source_S, target_K), "mean"
 
 
-def greedy(logits_fn, prompt, steps, window, edit_fn=None):
-  """Greedy continuation: `logits_fn(tokens_1xW, stem_ids_1xW, override) -> logits_1xWxV` on a fixed window
-  (zero-padded, one compile). `edit_fn(tokens) -> (stem_ids, override)` is re-applied to the whole context at every
-  step, so SOURCE tokens the model generates are edited too. Returns (new ids, log-softmax of each step)."""
-  ids, logprobs = list(prompt), []
-  for _ in range(steps):
-    context = ids[-window:]
-    stem_ids, override = edit_fn(context) if edit_fn else (np.array(context, np.int32), None)
-    tokens_1xW = np.zeros((1, window), np.int32)
-    stem_1xW = np.zeros((1, window), np.int32)
-    tokens_1xW[0, :len(context)], stem_1xW[0, :len(context)] = context, stem_ids
-    if override is not None:
-      ids_TxK, weights_TxK = override
-      pad = ((0, window - len(context)), (0, 0))
-      override = (np.pad(ids_TxK, pad)[None], np.pad(weights_TxK, pad)[None])
-    logits_V = np.asarray(logits_fn(tokens_1xW, stem_1xW, override))[0, len(context) - 1].astype(np.float64)
-    logp_V = logits_V - logits_V.max() - np.log(np.exp(logits_V - logits_V.max()).sum())
-    logprobs.append(logp_V)
-    ids.append(int(np.argmax(logits_V)))
-  return ids[len(prompt):], logprobs
+def continue_greedy(model, prompt, steps, source_S=None, target_K=None, mode="replace", vocab_size=None):
+  """Greedy continuation of `prompt` by the generation engine (KV cache), optionally edited: SOURCE's lookups in
+  the prompt read TARGET's rows (`edit`), and so do generated tokens when SOURCE is one token (the lookup at decode
+  uses the new token's id; a multi-token SOURCE completed by generated tokens is not edited, since the cache already
+  holds its first tokens). Returns (new ids, log-softmax [V] of each step)."""
+  from tessera.models import generate  # lazy: the pure-numpy helpers above need no JAX
+  prefill_kwargs, step_kwargs = None, None
+  if source_S is not None:
+    stem_ids_T, override, mode = edit(prompt, source_S, target_K, mode)
+    prefill_kwargs = {"stem_ids_BxT": np.asarray(stem_ids_T)[None],
+                      "stem_row_override": None if override is None else tuple(x[None] for x in override)}
+    if len(source_S) == 1:
+      step_kwargs = _decode_edit(int(source_S[0]), list(target_K), mode)
+  out = generate.generate(model, [list(prompt)], steps, vocab_size=vocab_size, return_logits=True,
+                          prefill_kwargs=prefill_kwargs, step_kwargs=step_kwargs)
+  logits_NxV = out.logits_BxNxV[0].astype(np.float64)
+  if vocab_size is not None:
+    logits_NxV = logits_NxV[:, :vocab_size]
+  top = logits_NxV.max(-1, keepdims=True)
+  logp_NxV = logits_NxV - top - np.log(np.exp(logits_NxV - top).sum(-1, keepdims=True))
+  return out.tokens[0], list(logp_NxV)
+
+
+def _decode_edit(source, target_K, mode):
+  """step_kwargs for the engine: a new token equal to the one-token SOURCE looks up TARGET's row (replace) or the
+  mean of TARGET's rows (mean)."""
+  import jax.numpy as jnp
+  if mode == "replace":
+    target = int(target_K[0])
+    return lambda tokens_Bx1: {"stem_ids_BxT": jnp.where(tokens_Bx1 == source, target, tokens_Bx1)}
+  ids_K = jnp.asarray(target_K, jnp.int32)
+
+  def mean(tokens_Bx1):
+    hit_Bx1x1 = (tokens_Bx1 == source)[..., None]
+    ids_Bx1xK = jnp.broadcast_to(ids_K, (*tokens_Bx1.shape, len(target_K)))
+    return {"stem_row_override": (ids_Bx1xK, jnp.where(hit_Bx1x1, 1.0 / len(target_K), 0.0))}
+  return mean

@@ -1,15 +1,13 @@
 """`scripts/edit_knowledge --workdir RUN --prompt TEXT --swap SOURCE=TARGET [--mode replace|mean]`.
 
-Restores the run's latest params, then prints the greedy continuation of PROMPT with the normal STEM lookups and
-with SOURCE's lookup ids pointed at TARGET's rows (tessera.models.stem_edit), plus how much the edit moved the
-logits. Exit 2 for a bad flag, a non-STEM run, or a SOURCE that does not occur in the prompt.
+Restores the run's latest params, then prints the greedy continuation of PROMPT (generation engine, KV cache) with
+the normal STEM lookups and with SOURCE's lookup ids pointed at TARGET's rows (tessera.models.stem_edit), plus how
+much the edit moved the logits. Exit 2 for a bad flag, a non-STEM run, or a SOURCE that does not occur in the prompt.
 """
 import argparse
 import json
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tessera.models import stem_edit
@@ -43,19 +41,8 @@ def run(args):
     raise ConfigError(f"--swap: {source!r} does not occur in the prompt's tokens")
   _, _, mode = stem_edit.edit(prompt, source_ids, target_ids, args.mode)
 
-  @jax.jit
-  def logits(params, tokens_1xW, stem_1xW, override):
-    logits_1xWxV = factory.model(params)(tokens_1xW, stem_ids_BxT=stem_1xW, stem_row_override=override)
-    return logits_1xWxV[..., :tokenizer.vocab_size]
-
-  def logits_fn(tokens_1xW, stem_1xW, override):
-    return logits(params, jnp.asarray(tokens_1xW), jnp.asarray(stem_1xW), override)
-
-  edit_fn = lambda context: stem_edit.edit(context, source_ids, target_ids, mode)[:2]
-  window = config.train.seq_len
-  with factory.context():
-    before, logp_before = stem_edit.greedy(logits_fn, prompt, args.max_new_tokens, window)
-    after, logp_after = stem_edit.greedy(logits_fn, prompt, args.max_new_tokens, window, edit_fn)
+  before, logp_before, after, logp_after = continuations(factory, params, prompt, source_ids, target_ids, mode,
+                                                         args.max_new_tokens, tokenizer.vocab_size)
   first = before[0]
   result = {
       "step": step, "mode": mode, "source_tokens": len(source_ids), "target_tokens": len(target_ids),
@@ -67,6 +54,17 @@ def run(args):
     print(f"note: {source!r} is {len(source_ids)} tokens and {target!r} is {len(target_ids)}: "
           "using the mean of the target's rows at every source position (--mode mean)", file=sys.stderr)
   return result
+
+
+def continuations(factory, params, prompt, source_ids, target_ids, mode, max_new_tokens, vocab_size):
+  """Greedy continuations without and with the edit, by the generation engine (stem_edit.continue_greedy):
+  (before ids, before log-probs, after ids, after log-probs)."""
+  with factory.context():
+    model = factory.model(params)
+    before, logp_before = stem_edit.continue_greedy(model, prompt, max_new_tokens, vocab_size=vocab_size)
+    after, logp_after = stem_edit.continue_greedy(model, prompt, max_new_tokens, source_ids, target_ids, mode,
+                                                  vocab_size=vocab_size)
+  return before, logp_before, after, logp_after
 
 
 def main(argv=None):

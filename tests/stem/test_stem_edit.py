@@ -1,5 +1,5 @@
-"""Knowledge editing: id alignment rules (stem.md §9), the mean fallback, greedy decoding with edits, and the
-`scripts/edit_knowledge` command end to end on a freshly trained tiny STEM run (slow)."""
+"""Knowledge editing: id alignment rules (stem.md §9), the mean fallback, and the `scripts/edit_knowledge` command
+end to end on a freshly trained tiny STEM run (slow). Edited decoding: tests/generation/test_stem_edit_engine.py."""
 import json
 import subprocess
 import sys
@@ -33,21 +33,6 @@ def test_edit_falls_back_to_mean_when_counts_differ():
   assert (weights_TxK[[0, 3]] == 0).all()
   assert stem_edit.edit(tokens, [1, 2], [7, 8])[2] == "replace"
   assert stem_edit.edit(tokens, [1, 2], [7, 8], mode="mean")[2] == "mean"
-
-
-def test_greedy_applies_the_edit_to_every_step():
-  seen = []
-
-  def logits_fn(tokens_1xW, stem_1xW, override):
-    seen.append((tokens_1xW.copy(), stem_1xW.copy()))
-    logits = np.zeros((1, tokens_1xW.shape[1], 10))
-    logits[0, :, 3] = 1.0  # always predicts 3
-    return logits
-
-  new, logprobs = stem_edit.greedy(logits_fn, [1, 3], 2, window=8,
-                                   edit_fn=lambda ctx: (stem_edit.replace_ids(ctx, [3], [9]), None))
-  assert new == [3, 3] and len(logprobs) == 2 and np.isclose(np.exp(logprobs[0]).sum(), 1.0)
-  assert seen[1][0][0, :3].tolist() == [1, 3, 3] and seen[1][1][0, :3].tolist() == [1, 9, 9]
 
 
 @pytest.mark.slow  # trains a tiny STEM run through the CLI first (~1 min)
