@@ -81,6 +81,8 @@ def _on_device(x):
 
 def _fetch(array):
   """A small replicated result as numpy, on any number of processes."""
+  if isinstance(array, np.ndarray):
+    return array
   if array.is_fully_addressable:
     return np.asarray(array)
   if array.is_fully_replicated:
@@ -95,15 +97,32 @@ def path_str(path):
 
 def tree_digests(tree):
   """{"params/w": "16 hex digits", ...} for every leaf; device leaves hashed in one jitted call."""
+  return start_tree_digests(tree)()
+
+
+def start_tree_digests(tree):
+  """Dispatches the device hashing and returns a function that waits for it and returns tree_digests(tree).
+
+  Why: a checkpoint save need not wait for the hashing; the returned function runs when the digest is written
+  (in Orbax's background commit). JAX keeps the inputs alive for the dispatched computation, so donating the state
+  to the next step right away is safe (tested).
+  """
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   device = [(path_str(p), x) for p, x in flat if _on_device(x)]
-  digests = {}
-  if device:
-    lanes = _fetch(_device_lanes([x for _, x in device]))
-    digests.update({name: _hex(row) for (name, _), row in zip(device, lanes)})
+  host = {}
   for p, x in flat:
     if not _on_device(x):  # numpy/Python leaves, or host-memory (offloaded) arrays
-      host = np.asarray(x if not isinstance(x, jax.Array) else jax.device_get(x))
+      values = np.asarray(x if not isinstance(x, jax.Array) else jax.device_get(x))
       with np.errstate(over="ignore"):
-        digests[path_str(p)] = _hex(_lanes(host, np))
-  return digests
+        host[path_str(p)] = _hex(_lanes(values, np))
+  lanes = _device_lanes([x for _, x in device]) if device else None
+  if lanes is not None and not (lanes.is_fully_addressable or lanes.is_fully_replicated):
+    lanes = _fetch(lanes)  # a collective: every process now, not later on one background thread
+
+  def finish():
+    digests = dict(host)
+    if device:
+      digests.update({name: _hex(row) for (name, _), row in zip(device, _fetch(lanes))})
+    return {path: digests[path] for path in (path_str(p) for p, _ in flat)}
+
+  return finish

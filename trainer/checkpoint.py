@@ -105,18 +105,34 @@ class _CommittedNameFormat:
     return metadata
 
 
+def _digest_handler():
+  """Orbax's JSON handler (so plain Orbax still reads the item) whose value may be a function, called in the
+  background commit: the save need not wait for the device hashing. Falls back to eager values if Orbax changes."""
+  handler = ocp.JsonCheckpointHandler()
+  save_fn = getattr(handler, "_save_fn", None)
+  if save_fn is None:
+    return handler, False
+
+  async def lazy_save_fn(x, directory):
+    await save_fn(x() if callable(x) else x, directory)
+
+  handler._save_fn = lazy_save_fn
+  return handler, True
+
+
 class Checkpointer:
   """Async saves with digests; verified restore onto any mesh (the target carries shardings), with fallback."""
 
   def __init__(self, workdir, c):
     self.directory = directory(workdir)
+    digest_handler, self._lazy_digest = _digest_handler()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=c.max_to_keep, keep_period=c.keep_period or None,
         enable_async_checkpointing=c.async_save, create=True, step_name_format=_CommittedNameFormat())
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={STATE: ocp.PyTreeCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
-                       DIGEST: ocp.JsonCheckpointHandler()})
+                       DIGEST: digest_handler})
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -127,12 +143,17 @@ class Checkpointer:
   def save(self, step, state, data_position):
     """Starts an (async) save of state, data position and their digest; returns False if `step` is already saved.
 
-    Blocks until the digest is computed (one device pass over the state, about as long as Orbax's own copy to host).
+    The digest is hashed on device while Orbax copies the state to host; it is written by Orbax's background commit
+    (_digest_handler), before the step directory is committed.
     """
     stray = self.directory / str(step)
     if stray.exists() and not is_committed(stray) and jax.process_index() == 0:  # not one of ours (ours are renamed into place when complete)
       _move_aside(stray, "stray")
-    digest = {"arrays": array_digest.tree_digests(state), "data": data_position, "format": 1}
+    arrays = array_digest.start_tree_digests(state)
+    position = json.loads(json.dumps(data_position))  # a copy: the caller may change its dict
+    digest = lambda: {"arrays": arrays(), "data": position, "format": 1}  # noqa: E731
+    if not self._lazy_digest:
+      digest = digest()
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_position),
         digest=ocp.args.JsonSave(digest)), force=True)
