@@ -146,8 +146,8 @@ class Checkpointer:
     The digest is hashed on device while Orbax copies the state to host; it is written by Orbax's background commit
     (_digest_handler), before the step directory is committed.
     """
-    stray = self.directory / str(step)
-    if stray.exists() and not is_committed(stray) and jax.process_index() == 0:  # not one of ours (ours are renamed into place when complete)
+    stray = self.directory / str(step)  # not one of ours: Orbax renames a step into place only when complete
+    if stray.exists() and not is_committed(stray) and jax.process_index() == 0:
       _move_aside(stray, "stray")
     arrays = array_digest.start_tree_digests(state)
     position = json.loads(json.dumps(data_position))  # a copy: the caller may change its dict
@@ -216,7 +216,7 @@ class Checkpointer:
         moved = self._quarantine(step)
         if jax.process_index() == 0:
           print(f"{e}; moved to {moved}, " + (f"falling back to step {older[-1]}" if older else
-                                               "no older checkpoint, starting fresh"), file=sys.stderr, flush=True)
+                                               "no older intact checkpoint"), file=sys.stderr, flush=True)
     return None
 
   def _quarantine(self, step):

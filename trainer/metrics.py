@@ -1,4 +1,4 @@
-"""Throughput accounting (tokens/s, TFLOP/s and MFU per device), metrics.jsonl + TensorBoard output, the progress line."""
+"""Throughput accounting (tokens/s, TFLOP/s and MFU per device), metrics.jsonl + TensorBoard, the progress line."""
 import json
 import math
 import os

@@ -132,3 +132,19 @@ def test_missing_digest_of_a_digested_step_is_corrupt(template, tmp_path, capfd)
   shutil.rmtree(workdir / "checkpoints" / "6" / "digest")
   step, _, _ = ckpt_lib.Checkpointer(workdir, CONFIG).restore_latest(abstract(states[6]))
   assert step == 3 and "checkpoints/6/digest: missing" in capfd.readouterr().err
+
+
+def test_optax_state_and_empty_subtrees_roundtrip(tmp_path):
+  """Real optimizer states (tuples, namedtuples, masked nodes) and empty subtrees verify and fit."""
+  import optax
+  params = {"w": jnp.ones((4, 8)), "b": jnp.zeros((8,)), "emb": {"t": jnp.ones((3, 4))}}
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   optax.masked(optax.adamw(1e-3), {"w": True, "b": False, "emb": {"t": True}}),
+                   optax.inject_hyperparams(optax.sgd)(learning_rate=0.1))
+  state = {"step": jnp.int32(1), "params": params, "opt_state": tx.init(params), "frozen": {}, "model_state": {}}
+  ckpt = ckpt_lib.Checkpointer(tmp_path, CONFIG)
+  ckpt.save(1, state, {"next_batch": 1})
+  step, restored, _ = ckpt.restore_latest(abstract(state))
+  assert step == 1 and jax.tree.structure(restored) == jax.tree.structure(state)
+  assert_identical(restored, state)
+  ckpt.close()
