@@ -26,7 +26,8 @@ def _host_tables(config, shardings):
 
 def _rows_graphdef(ctx):
   """The model's graph with every STEM layer reading a table of batch rows (StemFFN.batch_rows)."""
-  abstract_model = nnx.eval_shape(lambda: registry.get(ctx.config.model.name)(ctx.config.model, nnx.Rngs(0)))
+  with ctx.context():
+    abstract_model = nnx.eval_shape(lambda: registry.get(ctx.config.model.name)(ctx.config.model, nnx.Rngs(0)))
   for _, module in nnx.iter_graph(abstract_model):
     if isinstance(module, stem.StemFFN):
       module.batch_rows = True

@@ -89,7 +89,8 @@ def load_source(source):
                 for p, leaf in jax.tree_util.tree_flatten_with_path(saved.get("params", {}))[0]}
   saved_flat.update({optim.path_str(p): tuple(getattr(leaf, "shape", ()))
                      for p, leaf in jax.tree_util.tree_flatten_with_path(saved.get("frozen", {}))[0]})
-  for path, leaf in jax.tree_util.tree_flatten_with_path((factory.abstract_params, factory.abstract_frozen))[0]:
+  for path, leaf in (jax.tree_util.tree_flatten_with_path(factory.abstract_params)[0] +
+                     jax.tree_util.tree_flatten_with_path(factory.abstract_frozen)[0]):
     key = optim.path_str(path)
     if saved_flat.get(key) != tuple(leaf.shape):
       raise ConfigError(f"--workdir: checkpoint step {step} has {key} of shape {saved_flat.get(key)}, but the "

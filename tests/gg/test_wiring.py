@@ -13,9 +13,9 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from tessera_testing import ROOT, TINY, run_cli, tb_scalars
-from tessera.configs import defaults
-from tessera.models import numerics, quantized, registry
-from tessera.trainer import validate
+from tessera.configs import defaults, gg
+from tessera.models import config_checks, numerics, quantized, registry
+from tessera.trainer import zoo
 from tessera.trainer.config_loader import ConfigError
 
 
@@ -72,23 +72,23 @@ def test_gg_init_variance_rule_and_metadata_through_the_builder():
     ("regularizer.backslash.clip", 0.0, "must be > 0"),
 ])
 def test_validation_names_the_key(key, value, message):
-  c = defaults.base_config()
+  c = gg.add_keys(defaults.base_config())
   section, _, name = key.rpartition(".")
   node = c
   for part in section.split("."):
     node = node[part]
   node[name] = value
   with pytest.raises(ConfigError, match=rf"config key '{key}'.*{re.escape(message)}"):
-    validate.validate(c)
+    zoo.check(c)
 
 
 def test_backslash_needs_fp32_master_weights_and_formats_match_numerics():
-  c = defaults.base_config()
+  c = gg.add_keys(defaults.base_config())
   c.regularizer.backslash.enabled = True
   c.model.param_dtype = "bfloat16"
   with pytest.raises(ConfigError, match="'regularizer.backslash.enabled'.*fp32 master weights"):
-    validate.validate(c)
-  assert validate.NUMBER_FORMATS == numerics.FORMATS
+    zoo.check(c)
+  assert config_checks.NUMBER_FORMATS == numerics.FORMATS
 
 
 def test_stored_tree_decodes_to_the_format_values_and_fake_quant_passes_gradients():

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tessera.trainer import validate
+from tessera.trainer import zoo
 from tessera.trainer.config_loader import ConfigError
 
 from stem_helpers import sparse_rows_config, train_steps
@@ -33,4 +33,4 @@ def test_offload_train_steps_equal_in_memory_and_keep_tables_on_host():
 
 def test_offload_needs_sparse_rows():
   with pytest.raises(ConfigError, match="model.stem.offload"):
-    validate.validate(sparse_rows_config(3, offload=True, stem_update="dense"))
+    zoo.check(sparse_rows_config(3, offload=True, stem_update="dense"))

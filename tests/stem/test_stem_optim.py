@@ -8,18 +8,21 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from stem_helpers import build, sparse_rows_config, tiny_cfg, tokens, train_steps
-from tessera.configs import defaults
+from tessera import models  # noqa: F401  (registers the sparse-row update)
+from tessera.configs import defaults, stem as stem_config
 from tessera.trainer import optim
 
 TABLE = ("blocks", 1, "mlp", "stem_table")
 
 
 def optim_cfg(**overrides):
-  o = defaults.base_config().optim
-  o.update(dict(lr=1e-2, warmup_steps=0, schedule="constant", weight_decay=0.1, clip=1.0,
-                groups=[{"pattern": "stem_table"}]))
-  o.update(overrides)
-  return o
+  """A whole config (optim.build reads train.steps and the STEM shorthand) with these optim overrides."""
+  c = stem_config.add_keys(defaults.base_config())
+  c.train.steps = 10
+  c.optim.update(dict(lr=1e-2, warmup_steps=0, schedule="constant", weight_decay=0.1, clip=1.0,
+                      groups=[{"pattern": "stem_table"}]))
+  c.optim.update(overrides)
+  return c
 
 
 def grads_of_tiny_model(tokens_BxT):
@@ -45,8 +48,9 @@ def test_table_gradient_rows_only_for_batch_ids_and_dense_adamw_decays_the_rest(
   row_norms = np.abs(np.asarray(_table(grads))).sum(axis=1)
   assert (row_norms[~present] == 0).all() and (row_norms[present] > 0).all()
 
-  o = optim_cfg()
-  tx, _, _ = optim.build(o, 10, params)
+  c = optim_cfg()
+  o = c.optim
+  tx, _, _, _ = optim.build(c, params)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   old, new = np.asarray(_table(params)), np.asarray(_table(optax.apply_updates(params, updates)))
   np.testing.assert_allclose(new[~present], old[~present] - o.lr * o.weight_decay * old[~present], rtol=1e-6)
@@ -56,7 +60,7 @@ def test_table_gradient_rows_only_for_batch_ids_and_dense_adamw_decays_the_rest(
 def test_each_group_clips_its_own_norm():
   params = {"w": jnp.ones((4, 4)), "stem_table": jnp.ones((8, 4))}
   grads = {"w": jnp.full((4, 4), 0.5 / 4), "stem_table": jnp.full((8, 4), 100.0 / np.sqrt(32))}  # norms 0.5, 100
-  tx, _, labels = optim.build(optim_cfg(clip=1.0), 10, params)
+  tx, _, labels, _ = optim.build(optim_cfg(clip=1.0), params)
   _, state = tx.update(grads, tx.init(params), params)
   mu = {k: state.inner_states[labels[k]].inner_state[1].mu[k] for k in params}  # (clip, adam, ...) -> adam mu
   np.testing.assert_allclose(mu["w"], 0.1 * grads["w"], rtol=1e-6)  # backbone: unclipped
@@ -71,8 +75,9 @@ def test_sparse_rows_moves_only_batch_rows_and_matches_dense_adam_on_them():
   unique = jnp.unique(tokens_BxT, size=64, fill_value=64)
   present = np.zeros(64, bool)
   present[np.asarray(tokens_BxT).ravel()] = True
-  dense_tx, _, _ = optim.build(optim_cfg(), 10, params)
-  sparse_tx, _, _ = optim.build(optim_cfg(stem_update="sparse_rows"), 10, params)
+  dense_tx, _, _, _ = optim.build(optim_cfg(), params)
+  sparse_tx, _, _, updates = optim.build(optim_cfg(stem_update="sparse_rows"), params)
+  assert updates == {"default": "adamw", "group0": "sparse_rows"}
   dense_updates, _ = jax.jit(dense_tx.update)(grads, dense_tx.init(params), params)
   sparse_state = sparse_tx.init(params)
   step = jax.jit(lambda g, s, p: sparse_tx.update(g, s, p, stem_row_ids=unique))
