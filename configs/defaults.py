@@ -53,8 +53,8 @@ def base_config():
   c.loss = ml_collections.ConfigDict(dict(name="next_token"))
   c.data = ml_collections.ConfigDict(dict(name="embedded", path="", workers=0, prefetch=4))
   # init.workdir: load another run's latest params into the matching part of this model (init.map: a list of
-  # "source_regex=target" rewrites of the source paths, re.sub on the first matching one; init.strict: every
-  # param must be loaded). --init-from W is init.workdir=W with init.strict=True.
+  # "source_regex=target" rewrites of the source paths, re.sub with the first matching one, paths no rule matches
+  # are not loaded; empty: every path as is; init.strict: every param must be loaded). --init-from W is init.workdir=W with init.strict=True.
   c.init = ml_collections.ConfigDict(dict(workdir="", map=[], strict=False))
   c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))
   c.sample = ml_collections.ConfigDict(dict(prompt="def ", max_new_tokens=80, temperature=0.0))

@@ -1,7 +1,8 @@
 """Partial init from another run (`init.workdir`, `init.map`, `init.strict`): a base LM under gates or a hypernetwork.
 
 Every leaf of the source's latest params and frozen params is renamed by the first `init.map` rule whose regex
-matches its '/'-joined path (re.sub; no rule: the same path). A renamed path that names a param or frozen leaf of
+matches its '/'-joined path (re.sub); with no rules every path maps to itself, with rules a path none matches is
+not loaded. A renamed path that names a param or frozen leaf of
 this model with the same shape takes the source's value; the rest keep their fresh init. A matched path with
 another shape, or no match at all, is a ConfigError (exit 2, nothing written); with `init.strict` every leaf of
 this model must be loaded. The plan is made in setup (reads only); `<workdir>/init.json` records it.
@@ -36,10 +37,12 @@ def _set(tree, keys, value):
 
 
 def _rename(rules, path):
+  if not rules:
+    return path
   for pattern, target in rules:
     if pattern.search(path):
       return pattern.sub(target, path, count=1)
-  return path
+  return None
 
 
 class Plan:

@@ -293,14 +293,17 @@ class Run:
       with factory.context():
         model = factory.model(state["params"], state["frozen"], state["model_state"])
         self.summary.update(factory.objective.end_of_run(model, self.data, self.workdir))
-    params = factory.all_params(state["params"], state["frozen"])
-    text = sample_lib.generate(factory, params, self.data.tokenizer, c.sample.prompt, c.sample.max_new_tokens,
-                               c.train.seq_len, temperature=c.sample.temperature)
-    if jax.process_index() == 0:
+    text = None
+    if c.sample.max_new_tokens > 0:  # 0: the model does not generate text (e.g. an EHR world model)
+      params = factory.all_params(state["params"], state["frozen"])
+      text = sample_lib.generate(factory, params, self.data.tokenizer, c.sample.prompt, c.sample.max_new_tokens,
+                                 c.train.seq_len, temperature=c.sample.temperature)
+    if jax.process_index() == 0 and text is not None:
       self.writer.text("sample", text, self.summary["step"])
+      print(f"sample: {c.sample.prompt!r} -> {text!r}", flush=True)
+    if jax.process_index() == 0:
       self.summary["unigram_entropy"] = self.data.unigram_entropy_nats()
       workdir_lib.write_json(self.workdir / "summary.json", self.summary)
-      print(f"sample: {c.sample.prompt!r} -> {text!r}", flush=True)
       s = self.summary
       print(f"done: step {s['step']}, train loss {s['train_loss']:.4f}, eval loss {s['eval_loss']:.4f} (unigram "
             f"entropy {s['unigram_entropy']:.4f}), {s['tokens_per_second']:.0f} tokens/s, MFU {s['mfu']:.1%}",
