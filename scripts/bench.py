@@ -5,6 +5,7 @@ interleaved segments, repeated; reports the median step-time ratio `trainer_vs_b
 plus the quickstart model's mfu, tokens_per_second and compile_seconds.
 --shapes a,b: tokens/s and CPU MFU of the reference shapes in fp32 and bf16 compute (fp32 params).
 --stem: STEM vs dense step time at equal shape, dense AdamW vs the sparse-row table update (scripts/bench_stem.py).
+--frozen: gate-only (frozen backbone) vs full training: compiled FLOPs and step time (scripts/bench_frozen.py).
 """
 import argparse
 import json
@@ -26,10 +27,11 @@ SHAPES = {  # name: (d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch)
 def bare_step_time(run, batches, steps):
   """Median seconds per step of a bare `jax.jit` loop (same model, optimizer, batches), blocking only at the end."""
   factory = run.factory
-  loss_fn = run.loss_fn
+  loss_fn = factory.objective.loss_fn
 
   def bare(state, batch):
-    grad_fn = jax.value_and_grad(lambda p: loss_fn(factory.model(p), batch, None)[0])
+    model = lambda p: factory.model(p, state["frozen"], state["model_state"])
+    grad_fn = jax.value_and_grad(lambda p: loss_fn(model(p), batch, None)[0])
     loss, grads = grad_fn(state["params"])
     updates, opt_state = factory.tx.update(grads, state["opt_state"], state["params"])
     params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
@@ -136,9 +138,13 @@ def main():
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--shapes", help="comma-separated reference shapes (a,b) to measure instead of the overhead")
   p.add_argument("--stem", action="store_true", help="STEM rows (scripts/bench_stem.py) instead of the overhead")
+  p.add_argument("--frozen", action="store_true", help="gate-only vs full training (scripts/bench_frozen.py)")
   args = p.parse_args()
   results = {"jax": jax.__version__, "devices": jax.device_count()}
-  if args.stem:
+  if args.frozen:
+    import bench_frozen
+    results["frozen"] = bench_frozen.run(rounds=args.repeats, steps=args.steps)
+  elif args.stem:
     import bench_stem
     results["stem"] = bench_stem.run(steps=min(args.steps, 10), rounds=args.repeats)
   elif args.shapes:

@@ -45,10 +45,10 @@ def test_resume_on_another_mesh_continues_the_same_run(trained_workdir, tmp_path
   workdir = tmp_path / "remesh"
   shutil.copytree(trained_workdir, workdir)
   shutil.rmtree(workdir / "checkpoints" / "12")
-  shutil.rmtree(workdir / "tb")  # only the resumed steps' events remain
+  shutil.rmtree(workdir / "tb")  # steps 1-6 come back from metrics.jsonl; 7-12 are the resumed run's
   run_cli(*TINY, "--workdir", workdir, "--config.train.steps=12", "--config.mesh.data=2", "--config.mesh.fsdp=2",
           "--config.mesh.tensor=2", "--config.profile.start_step=-1", devices=8)
   reference, resumed = tb_scalars(trained_workdir, "train/loss"), tb_scalars(workdir, "train/loss")
-  assert sorted(resumed) == list(range(7, 13))
+  assert sorted(resumed) == list(range(1, 13))
   for step in range(7, 13):
     assert resumed[step][0] == pytest.approx(reference[step][0], rel=1e-4, abs=1e-4), step

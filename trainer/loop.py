@@ -116,7 +116,10 @@ class Run:
     return self
 
   def _check_shapes(self, checkpointer, step, where):
-    saved = checkpointer.saved_shapes(step)
+    try:
+      saved = checkpointer.saved_shapes(step)
+    except ckpt_lib.CorruptCheckpoint:
+      return  # unreadable metadata: the restore reports it, moves the step aside and falls back
     saved_flat = {}
     for tree in state_lib.TREES:
       saved_flat.update({optim.path_str(p): tuple(getattr(leaf, "shape", ())) for p, leaf in _flat(saved.get(tree, {}))})
@@ -160,9 +163,11 @@ class Run:
             raise Stopped(f"stopped by signal {signals.received[0]} at step {step}; checkpoint saved, rerun to "
                           "resume")
         self._report_pending()
+    except BaseException:
+      self.writer.close()  # syncs metrics.jsonl: every reported step stays on disk
+      raise
     finally:
       self.ckpt.close()
-      self.writer.flush()
     self.progress.update(self.summary["step"], self.summary["train_loss"], self.summary["tokens_per_second"] or 0.0,
                          force=True)
     self._finish(state)
@@ -171,10 +176,17 @@ class Run:
   def _start_state(self):
     """(state, data position): restored from the latest checkpoint, from init.workdir params, or fresh."""
     if self.latest is not None:
-      state, position = self.ckpt.restore(self.latest, self.factory.abstract_state())
-      log(f"resumed from step {self.latest}" + "".join(f"\n  changed {k}: {a!r} -> {b!r}"
-                                                       for k, (a, b) in self.changes.items()))
-      return state, position
+      try:
+        found = self.ckpt.restore_latest(self.factory.abstract_state())
+      except ckpt_lib.CheckpointMismatch as e:
+        raise ConfigError(f"{self.workdir}: {e}") from None
+      if found is not None:  # the newest intact step (corrupt newer ones were reported and moved aside)
+        self.latest, state, position = found
+        log(f"resumed from step {self.latest}" + "".join(f"\n  changed {k}: {a!r} -> {b!r}"
+                                                         for k, (a, b) in self.changes.items()))
+        return state, position
+      log(f"no intact checkpoint left in {self.workdir}; starting from step 0")
+      self.latest = None
     state = self.factory.init(self.config.seed)
     if self.init_plan is not None:
       params, frozen = self.init_plan.load(state["params"], state["frozen"])
@@ -189,7 +201,7 @@ class Run:
     """Every process built the same run before process 0 writes config.json, init.json and the accounting."""
     c = self.config
     distributed.barrier("setup")
-    self.writer = metrics_lib.Writer(self.workdir)
+    self.writer = metrics_lib.Writer(self.workdir, resume_step=self.start)
     if jax.process_index() == 0:
       workdir_lib.write_json(self.workdir / "config.json", self.config_dict)
       if self.init_plan is not None:
@@ -251,7 +263,7 @@ class Run:
 
   def _save(self, step, state):
     began = time.perf_counter()
-    self.writer.flush()  # events on disk before the checkpoint that covers them commits
+    self.writer.sync()  # metrics.jsonl durable before the checkpoint that covers its steps commits
     self.ckpt.save(step, state, {"next_batch": self.position["next_batch"] + step - self.start})
     self.last_save_time = time.perf_counter()
     self.save_seconds[step] = self.last_save_time - began  # how long the (async) save held up the loop
