@@ -1,6 +1,6 @@
 """The spine's config keys with their defaults (and the decoder family's `model` keys every LM shares).
 
-Experiment configs start here, add their method's keys (configs/stem.py, configs/gg.py, ...) and override.
+Experiment configs start here, add their method's keys (configs/gg.py and the other method configs) and override.
 Validation: tessera.trainer.validate checks these keys; each model, objective and rule checks its own
 (tessera.models.registry.checks). ml_collections' lock rejects unknown keys and type-changing overrides.
 """

@@ -83,3 +83,12 @@ def test_lm_small_takes_tensor_axes_of_2_and_4():
   for tensor in (2, 4):
     config, _ = cli.load_config("configs/lm.py:small", {"mesh.tensor": tensor, "model.vocab_size": 384})
     assert validate.validate(config, device_count=8) is config
+
+
+@pytest.mark.parametrize("spec", ["configs/lm.py:tiny", "configs/lm.py:small", "configs/lm.py:base",
+                                  "configs/stem.py:small", "configs/stem.py:small_dense", "configs/stem.py:base",
+                                  "configs/stem.py:base_dense", "configs/quickstart.py", "configs/gg.py"])
+def test_every_config_takes_two_steps(spec):
+  """Step-derived keys (warmup, ...) follow train.steps, so a smoke run of any config passes validation."""
+  config, _ = cli.load_config(spec, {"train.steps": 2})
+  assert config.optim.warmup_steps <= 2

@@ -42,7 +42,7 @@ def test_edit_knowledge_command(tmp_path):
           "--config.optim.warmup_steps=1", "--config.train.seq_len=32", "--config.train.batch_size=4",
           "--config.model.d_model=32", "--config.model.d_ff=64", "--config.eval.batches=1",
           "--config.sample.max_new_tokens=2")
-  command = [sys.executable, "-m", "tessera.trainer.edit_knowledge", "--workdir", str(workdir), "--prompt",
+  command = [sys.executable, str(ROOT / "scripts" / "edit_knowledge.py"), "--workdir", str(workdir), "--prompt",
              "Country: Spain. Capital:", "--max-new-tokens", "4", "--json"]
   out = subprocess.run(command + ["--swap", "Spain=Germany"], cwd=ROOT, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr
