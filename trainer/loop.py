@@ -93,6 +93,8 @@ class Run:
                         "use a fresh --workdir")
     validate.validate(c)
     zoo.check(c)
+    if self.latest is None:
+      workdir_lib.check_fresh(self.workdir)
     self.data = build_pipeline(c, self.workdir)
     resolve_vocab_size(c, self.data.vocab_size)
     self.config_dict = config_loader.to_dict(c)

@@ -1,5 +1,6 @@
 """What a workdir already holds decides what a run may do; all checks here happen before anything is written."""
 import json
+import os
 
 from etils import epath
 
@@ -31,6 +32,26 @@ def check_resume(workdir, config_dict):
     raise ConfigError(f"config key {k!r} changed from {changes[k][0]!r} to {changes[k][1]!r} but {workdir} has "
                       f"checkpoints of the old shape; use a new --workdir")
   return changes
+
+
+RUN_MARKERS = ("checkpoints", "metrics.jsonl", "tb", "data")  # what a tessera run (or its prepared data) leaves
+
+
+def check_fresh(workdir):
+  """A workdir without checkpoints may be new, empty (only empty folders) or an earlier attempt of a run; one that
+  holds other files is somebody else's directory: ConfigError, nothing touched."""
+  workdir = epath.Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f"--workdir: {workdir} is a file, not a directory")
+  if not workdir.exists() or any((workdir / m).exists() for m in RUN_MARKERS):
+    return
+  if "://" in str(workdir):  # remote: the top level only (a recursive listing is an RPC per folder)
+    files = [p.name for p in workdir.iterdir() if p.is_file()]
+  else:
+    files = [f for _, _, names in os.walk(str(workdir)) for f in names]
+  if files:
+    raise ConfigError(f"--workdir: {workdir} holds files ({files[0]}, ...) but is not a tessera run; "
+                      "choose a new or empty directory")
 
 
 def write_json(path, value):
