@@ -82,7 +82,12 @@ class Run:
     self.latest = ckpt_lib.latest_step(self.workdir)
 
   def finished(self):
-    return self.latest is not None and self.latest >= self.config.train.steps
+    """At train.steps with summary.json written. A run killed after its last checkpoint but before its summary is
+    not finished: a rerun runs the finish step (final eval, sample, summary.json)."""
+    if self.latest is None or self.latest < self.config.train.steps:
+      return False
+    summary = self.workdir / "summary.json"
+    return summary.exists() and workdir_lib.read_json(summary).get("step", -1) >= self.latest
 
   # ---- setup: every check and every heavy build; raises ConfigError before anything is written ----
 
@@ -165,13 +170,17 @@ class Run:
             raise Stopped(f"stopped by signal {signals.received[0]} at step {step}; checkpoint saved, rerun to "
                           "resume")
         self._report_pending()
+      if self.start >= c.train.steps:  # a rerun of a run that stopped before its finish step
+        self._recover_last_metrics()
+        self._evaluate(self.start, state)
     except BaseException:
       self.writer.close()  # syncs metrics.jsonl: every reported step stays on disk
       raise
     finally:
       self.ckpt.close()
-    self.progress.update(self.summary["step"], self.summary["train_loss"], self.summary["tokens_per_second"] or 0.0,
-                         force=True)
+    if self.summary["train_loss"] is not None:
+      self.progress.update(self.summary["step"], self.summary["train_loss"],
+                           self.summary["tokens_per_second"] or 0.0, force=True)
     self._finish(state)
     return self.summary
 
@@ -254,6 +263,13 @@ class Run:
     self.progress.update(step, values["loss"], tps)
     self.summary.update(step=step, train_loss=values["loss"], tokens_per_second=tps, mfu=values["mfu"])
 
+  def _recover_last_metrics(self):
+    """The summary's train figures from metrics.jsonl (the steps themselves ran before the interruption)."""
+    for record in metrics_lib.read_metrics(self.workdir):
+      if "train/loss" in record and record["step"] <= self.start:
+        self.summary.update(step=record["step"], train_loss=record["train/loss"],
+                            tokens_per_second=record.get("train/tokens_per_second"), mfu=record.get("train/mfu"))
+
   def _save_due(self, step):
     k = self.config.checkpoint
     return bool((k.every_steps and step % k.every_steps == 0) or step == self.config.train.steps or (
@@ -319,9 +335,9 @@ class Run:
       self.summary["unigram_entropy"] = self.data.unigram_entropy_nats()
       workdir_lib.write_json(self.workdir / "summary.json", self.summary)
       s = self.summary
-      print(f"done: step {s['step']}, train loss {s['train_loss']:.4f}, eval loss {s['eval_loss']:.4f} (unigram "
-            f"entropy {s['unigram_entropy']:.4f}), {s['tokens_per_second']:.0f} tokens/s, MFU {s['mfu']:.1%}",
-            flush=True)
+      print(f"done: step {s['step']}, train loss {s['train_loss'] or float('nan'):.4f}, eval loss "
+            f"{s['eval_loss']:.4f} (unigram entropy {s['unigram_entropy']:.4f}), {s['tokens_per_second'] or 0:.0f} "
+            f"tokens/s, MFU {s['mfu'] or 0:.1%}", flush=True)
     self.writer.close()
 
 

@@ -54,6 +54,13 @@ def check_fresh(workdir):
                       "choose a new or empty directory")
 
 
+def read_json(path):
+  try:
+    return json.loads(epath.Path(path).read_text())
+  except ValueError:
+    return {}
+
+
 def write_json(path, value):
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
