@@ -1,2 +1,3 @@
 from tessera.losses import backslash_rule  # registers the BackSlash after-update rule and the weight statistics
 from tessera.losses import next_token  # registers "next_token"
+from tessera.losses import trimkv  # registers "trimkv" (distillation + capacity) and its key checks

@@ -2,3 +2,4 @@ from tessera.models import config_checks  # registers the decoder's key checks
 from tessera.models import decoder  # registers "decoder"
 from tessera.models import stem  # registers "stem"
 from tessera.models import stem_method  # STEM's checks, sharding rule, sparse-row update, offload step
+from tessera.models import trimkv  # registers "trimkv" (retention-gated decoder) and its key checks
