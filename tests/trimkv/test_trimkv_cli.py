@@ -1,0 +1,95 @@
+"""configs/trimkv.py through the real CLI: a tiny base LM (configs/lm.py:tiny), then gate-only training on it.
+Spec check 4 (base weights bit-identical, no optimizer state for them) and issue 12's bad-input lines."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tessera_testing import ROOT, TINY, run_cli
+
+CONFIG = "configs/trimkv.py"
+
+
+def restore(workdir, step):
+  """The saved train state as {keystr: numpy} (plain Orbax in a subprocess, as tests/methods does)."""
+  code = f"""
+import sys, jax, numpy as np, orbax.checkpoint as ocp
+state = ocp.PyTreeCheckpointer().restore({str(workdir / 'checkpoints' / str(step) / 'state')!r})
+np.savez(sys.argv[1], **{{jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)}})
+"""
+  out = workdir.parent / f"{workdir.name}_{step}.npz"
+  subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=ROOT)
+  return dict(np.load(out))
+
+
+def metrics(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("trimkv") / "base"
+  run_cli(*TINY, "--workdir", workdir, "--config.train.steps=4", "--config.sample.max_new_tokens=0")
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def gate_run(base_run):
+  workdir = base_run.parent / "gates"
+  run_cli("--config", f"{CONFIG}:tiny", "--workdir", workdir, f"--config.init.workdir={base_run}",
+          "--config.eval.every_steps=2", "--config.sample.max_new_tokens=0")
+  return workdir
+
+
+@pytest.mark.parametrize("variant", ["tiny", "small", "base"])
+def test_every_variant_validates_with_two_steps(variant):
+  from tessera.trainer import cli
+  config, _ = cli.load_config(f"{CONFIG}:{variant}", {"train.steps": 2})
+  assert config.train.steps == 2 and config.optim.warmup_steps <= 2
+  if variant != "base":
+    assert config.train.trainable == "retention_gate" and config.model.name == config.loss.name == "trimkv"
+
+
+def test_gate_training_lowers_the_loss(gate_run):
+  """Tiny run, 20 steps: the capacity term falls from ~0.4 (beta ~ 1, S_t ~ t + 1 > M = 16) to near 0 and the
+  eval loss (KL + CE + capacity on fixed batches) falls with it; the KL to the teacher stays small."""
+  rows = metrics(gate_run)
+  train = [r for r in rows if "train/capacity" in r]
+  evals = [r["eval/loss"] for r in rows if "eval/loss" in r]
+  assert train[0]["train/capacity"] > 0.3 and train[-1]["train/capacity"] < 0.3 * train[0]["train/capacity"]
+  assert train[-1]["train/occupancy_last"] < 0.5 * train[0]["train/occupancy_last"]
+  assert evals[-1] < evals[0] - 0.1, evals
+  assert train[-1]["train/kl"] < 0.05
+
+
+def test_base_weights_bit_identical_and_only_gates_train(base_run, gate_run):
+  source, final = restore(base_run, 4), restore(gate_run, 20)
+  base = {k[len("['params']"):]: v for k, v in source.items() if k.startswith("['params']")}
+  frozen = {k[len("['frozen']"):]: v for k, v in final.items() if k.startswith("['frozen']")}
+  assert frozen.keys() == base.keys()
+  for key, value in base.items():
+    np.testing.assert_array_equal(frozen[key], value, err_msg=key)
+  trained = [k for k in final if k.startswith("['params']")]
+  assert len(trained) == 8 and all("retention_gate" in k for k in trained)
+  assert not any("retention_gate" not in k for k in final if k.startswith("['opt_state']") and "['mu']" in k)
+  report = json.loads((gate_run / "init.json").read_text())
+  assert len(report["loaded"]) == len(base) and all("retention_gate" in p for p in report["fresh"])
+
+
+@pytest.mark.parametrize("key, value", [("loss.trimkv.capacity_norm", "T"), ("model.trimkv.gate", "rg2"),
+                                        ("model.trimkv.gate_hidden", 0), ("loss.trimkv.memory_size", 0)])
+def test_bad_keys_fail_validation_naming_the_key(key, value):
+  from tessera.trainer import cli
+  from tessera.trainer.config_loader import ConfigError
+  with pytest.raises(ConfigError, match=f"^config key '{key}'"):
+    cli.load_config(f"{CONFIG}:tiny", {key: value})
+
+
+def test_missing_init_workdir_is_one_line_exit_2(tmp_path):
+  result = run_cli("--config", f"{CONFIG}:tiny", "--workdir", tmp_path / "run",
+                   f"--config.init.workdir={tmp_path / 'nope'}", check=False)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "'init.workdir'" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert not (tmp_path / "run").exists()
