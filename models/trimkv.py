@@ -8,7 +8,8 @@ One set of weights, two forwards (§5):
   model(tokens)                      retention-gated attention (§4, `model.trimkv.retention_mode`) -> logits
   model(tokens, retention=False)     the plain decoder (beta == 1): bit-for-bit the base LM, the teacher
   model(tokens, return_occupancy=True) -> (logits, S [L, B, K, T]): soft occupancy for the capacity loss
-With a KV cache (generation) the blocks run plain attention: beta only ranks tokens for eviction (§7).
+With a KV cache (generation) the blocks run plain attention and store each token's log beta as its cache score:
+beta only ranks tokens for eviction, by the "trimkv" policy of trimkv_cache.py (§7).
 Keys: model.trimkv.{gate, gate_hidden, gate_bias_init, gate_init_std, retention_mode}.
 """
 import jax
@@ -17,9 +18,11 @@ from flax import nnx
 
 from tessera.models import config_checks
 from tessera.models import decoder
+from tessera.models import kv_cache
 from tessera.models import layers
 from tessera.models import registry
 from tessera.models.attention import Attention
+from tessera.models import trimkv_cache  # noqa: F401  (registers the "trimkv" cache policy)
 from tessera.models.trimkv_gate import GATE_VARIANTS, RetentionGate, soft_occupancy
 
 RETENTION_MODES = ("mul_logit", "add_bias")  # §4: mul_logit is the faithful one; add_bias a project variant
@@ -31,26 +34,56 @@ KERNEL_IMPL = {"xla": "xla", "pallas": "pallas", "cudnn": "auto", "auto": "auto"
 class RetentionAttention(Attention):
   """decoder's Attention (same params, same paths) plus the retention-gated forward of §4."""
 
-  def retained(self, x_BxTxD, segment_ids_BxT, positions_BxT, log_beta_BxKxT, mode):
-    """softmax(alpha * q k / sqrt(d)) v with alpha[t, i] = beta_i^(t - i) (mul_logit) through
-    kernels.attention(log_retention=...); GQA: every query head of a group uses its KV head's beta (§3)."""
-    from tessera.models import kernels  # lazy, as attention.attend
+  def _qkv(self, x_BxTxD, positions_BxT):
+    """q, k, v after RoPE: the same projections as Attention.__call__."""
     x_BxTxD = x_BxTxD.astype(self.dtype)
     q_BxTxHxE = jnp.einsum("btd,dhe->bthe", x_BxTxD, self.q[...].astype(self.dtype))
     k_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.k[...].astype(self.dtype))
     v_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.v[...].astype(self.dtype))
     q_BxTxHxE = layers.apply_rope(q_BxTxHxE, positions_BxT, self.rope_theta)
     k_BxTxKxE = layers.apply_rope(k_BxTxKxE, positions_BxT, self.rope_theta)
+    return q_BxTxHxE, k_BxTxKxE, v_BxTxKxE
+
+  def _out(self, out_BxTxHxE):
+    return jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(self.dtype))
+
+  def retained(self, x_BxTxD, segment_ids_BxT, positions_BxT, log_beta_BxKxT, mode):
+    """softmax(alpha * q k / sqrt(d)) v with alpha[t, i] = beta_i^(t - i) (mul_logit) through
+    kernels.attention(log_retention=...); GQA: every query head of a group uses its KV head's beta (§3)."""
+    from tessera.models import kernels  # lazy, as attention.attend
+    q_BxTxHxE, k_BxTxKxE, v_BxTxKxE = self._qkv(x_BxTxD, positions_BxT)
     out_BxTxHxE = kernels.attention(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, causal=True, segment_ids=segment_ids_BxT,
                                     q_positions=positions_BxT, kv_positions=positions_BxT,
                                     log_retention=log_beta_BxKxT, retention_mode=mode,
                                     implementation=KERNEL_IMPL[self.implementation])
-    return jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(self.dtype))
+    return self._out(out_BxTxHxE)
+
+  def cached(self, x_BxTxD, positions_BxT, cache, live_BxT, log_beta_BxKxT):
+    """attention.attend_cached with each token's log beta stored as its cache score (§7): decode attention is
+    plain attention over the kept tokens (beta only ranks them). Returns (out, cache)."""
+    from tessera.models import kernels  # lazy, as attention.attend_cached
+    implementation = self.implementation if self.implementation in ("xla", "pallas") else "auto"
+    if live_BxT is None:
+      live_BxT = jnp.ones(positions_BxT.shape, bool)
+    q_BxTxHxE, k_BxTxKxE, v_BxTxKxE = self._qkv(x_BxTxD, positions_BxT)
+    if q_BxTxHxE.shape[1] == 1:
+      cache = trimkv_cache.append_scored(cache, k_BxTxKxE, v_BxTxKxE, positions_BxT, live_BxT, log_beta_BxKxT)
+      out_BxTxHxE = kernels.attention(q_BxTxHxE, cache.k_BxCxKxE, cache.v_BxCxKxE, causal=True,
+                                      q_positions=positions_BxT, kv_positions=cache.positions_BxKxC,
+                                      keep=cache.live_BxKxC(), implementation=implementation)
+      return self._out(out_BxTxHxE), cache
+    k_BxNxKxE, v_BxNxKxE, pos_BxKxN, live_BxKxN = kv_cache.candidates(cache, k_BxTxKxE, v_BxTxKxE, positions_BxT,
+                                                                      live_BxT)
+    out_BxTxHxE = kernels.attention(q_BxTxHxE, k_BxNxKxE, v_BxNxKxE, causal=True, q_positions=positions_BxT,
+                                    kv_positions=pos_BxKxN, keep=live_BxKxN, implementation=implementation)
+    cache = trimkv_cache.merge_scored(cache, k_BxNxKxE, v_BxNxKxE, pos_BxKxN, live_BxKxN, log_beta_BxKxT)
+    return self._out(out_BxTxHxE), cache
 
 
 class TrimKVBlock(decoder.Block):
-  """decoder.Block plus `retention_gate` on the attention input. `__call__` (inherited) is the plain block:
-  the teacher and the cached generation path; `retained` is the gated training forward."""
+  """decoder.Block plus `retention_gate` on the attention input. `__call__` without a cache is the plain block
+  (the teacher); with a cache it stores each token's log beta for eviction (§7); `retained` is the gated training
+  forward."""
 
   def __init__(self, cfg, rngs):  # noqa: super().__init__ not called: it would build a plain Attention
     self.attn_norm = layers.RMSNorm(cfg)  # the base block's modules, same names and rng order
@@ -61,6 +94,14 @@ class TrimKVBlock(decoder.Block):
     self.retention_gate = RetentionGate(cfg.d_model, t.gate_hidden, cfg.n_kv_heads, bias_init=t.gate_bias_init,
                                         init_std=t.gate_init_std, rngs=rngs)
     self.retention_mode = t.retention_mode
+
+  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args, cache=None, live_BxT=None):
+    if cache is None:
+      return super().__call__(x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args)
+    h_BxTxD = self.attn_norm(x_BxTxD)
+    out_BxTxD, cache = self.attn.cached(h_BxTxD, positions_BxT, cache, live_BxT, self.retention_gate(h_BxTxD))
+    x_BxTxD = x_BxTxD + out_BxTxD
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD), *mlp_args), cache
 
   def retained(self, x_BxTxD, segment_ids_BxT, positions_BxT):
     """(x after the block, soft occupancy S [B, K, T]); the gate reads the normalised attention input (§3)."""

@@ -38,7 +38,8 @@ def normal(shape, seed=0):
 
 def set_gate_bias(model, value):
   """Every gate's per-head bias b := value (1e4: the identity limit, log beta == 0 exactly in fp32)."""
-  for block in model.blocks:
+  blocks = [model.blocks] if not isinstance(model.blocks, nnx.List) else model.blocks  # scanned: one stack
+  for block in blocks:
     block.retention_gate.bias[...] = jnp.full_like(block.retention_gate.bias[...], value)
   return model
 
