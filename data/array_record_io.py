@@ -49,6 +49,25 @@ def decode_times(record: bytes) -> np.ndarray:
   return np.frombuffer(record, dtype="<i8", count=count, offset=4 * count)
 
 
-def open_source(directory: pathlib.Path, names: list[str]) -> grain.sources.ArrayRecordDataSource:
-  """One random-access source over the shards in order (record i of the split = index i)."""
+def open_source(directory: pathlib.Path, names: list[str], num_records: int | None = None
+                ) -> grain.sources.ArrayRecordDataSource:
+  """One random-access source over the shards in order (record i of the split = index i). Each shard's index is
+  read first, so a missing or damaged shard is a ValueError naming it (not a reader crash mid-training)."""
+  counts = [_count_records(directory / name) for name in names]
+  if num_records is not None and sum(counts) != num_records:
+    raise ValueError(f"{directory / names[0]}: the shards {names[0]}... hold {sum(counts)} records but the index "
+                     f"lists {num_records} (damaged or replaced; re-run the prepare command)")
   return grain.sources.ArrayRecordDataSource([str(directory / name) for name in names])
+
+
+def _count_records(path: pathlib.Path) -> int:
+  if not path.is_file():
+    raise ValueError(f"{path}: ArrayRecord shard missing (re-run the prepare command)")
+  try:
+    reader = array_record_module.ArrayRecordReader(str(path))
+    count = reader.num_records()
+    reader.close()  # a damaged file fails here (its reader never opened)
+  except RuntimeError as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else "damaged or truncated"
+    raise ValueError(f"{path}: not a readable ArrayRecord shard ({reason})") from None
+  return count

@@ -4,6 +4,7 @@ A prepared directory appears under its final name only once it is complete (buil
 renamed), so an interrupted or failed run never leaves something that looks like a dataset.
 """
 
+import argparse
 import contextlib
 import json
 import os
@@ -19,15 +20,51 @@ class DataError(ValueError):
   """Bad input: the message is one line naming the file (and column/row where there is one)."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+  """A bad flag is one `error:` line and exit 2, like every other input error of these tools."""
+
+  def error(self, message):
+    print(f"error: {self.prog}: {message} (--help lists the flags)", file=sys.stderr)
+    sys.exit(2)
+
+
+def at_least(minimum: int):
+  """argparse type: an int >= minimum."""
+  def parse(text):
+    value = int(text)
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+  parse.__name__ = "int"
+  return parse
+
+
+def check_out(out: pathlib.Path):
+  """--out can become a directory (checked before any reading, so a mistake costs nothing)."""
+  parent = out
+  while not parent.exists() and parent != parent.parent:
+    parent = parent.parent
+  if out.exists() and not out.is_dir():
+    raise DataError(f"{out}: exists and is not a directory")
+  if not parent.is_dir():
+    raise DataError(f"{parent}: is a file, so {out} cannot be created")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise DataError(f"{parent}: not writable")
+
+
 class Progress:
-  """A one-line stderr progress bar (`\\r`-redrawn at most 10x/s); `close()` ends the line."""
+  """A one-line stderr progress bar (`\\r`-redrawn at most 10x/s) on a terminal; `close()` ends the line. Off when
+  stderr is not a terminal: logs and error reports keep only their real lines."""
 
   def __init__(self, total: int, label: str, unit: str = "items"):
     self.total, self.label, self.unit = max(int(total), 1), label, unit
     self.done, self._began, self._drawn = 0, time.perf_counter(), 0.0
+    self.shown = sys.stderr.isatty()
 
   def update(self, n: int = 1):
     self.done += n
+    if not self.shown:
+      return
     now = time.perf_counter()
     if now - self._drawn >= 0.1 or self.done >= self.total:
       self._drawn = now
@@ -38,7 +75,8 @@ class Progress:
             end="", file=sys.stderr, flush=True)
 
   def close(self):
-    print(file=sys.stderr, flush=True)
+    if self.shown:
+      print(file=sys.stderr, flush=True)
 
 
 def read_json(path: pathlib.Path) -> dict:

@@ -8,7 +8,6 @@ deciles are fitted on the `train` split of metadata/subject_splits.parquet only.
 DIR/labels/<task>.parquet (with any labels/*.parquet the input already carries).
 """
 
-import argparse
 import hashlib
 import pathlib
 import shutil
@@ -33,13 +32,14 @@ LARGE_TRAIN_SUBJECTS = 1000
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="scripts/prepare_meds", description=__doc__.splitlines()[0])
+  parser = prepare_io.ArgumentParser(prog="scripts/prepare_meds", description=__doc__.splitlines()[0])
   parser.add_argument("--input", required=True, type=pathlib.Path, metavar="MEDS_DIR")
   parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR")
-  parser.add_argument("--min-subjects", type=int, default=0,
+  parser.add_argument("--min-subjects", type=prepare_io.at_least(0), default=0,
                       help=f"train subjects a code needs to get its own token (default: 2, or 100 with >= "
                            f"{LARGE_TRAIN_SUBJECTS} train subjects)")
-  parser.add_argument("--records-per-shard", type=int, default=1000, help="subjects per ArrayRecord shard")
+  parser.add_argument("--records-per-shard", type=prepare_io.at_least(1), default=1000,
+                      help="subjects per ArrayRecord shard")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing different dataset in --out")
   return parser.parse_args(argv)
 
@@ -65,6 +65,7 @@ def _input_labels(meds_dir: pathlib.Path) -> list[pathlib.Path]:
 def prepare(argv=None) -> dict:
   args = parse_args(argv)
   began = time.perf_counter()
+  prepare_io.check_out(args.out)
   meds_dir = args.input
   events = meds_schema.read_events(meds_dir)
   subjects = np.unique(events.subject_id)

@@ -7,7 +7,6 @@ Documents split into train/validation by content hash (at least one validation d
 on the train split only (or given with --tokenizer-file). Every record is one document's ids followed by <eos>.
 """
 
-import argparse
 import hashlib
 import pathlib
 import sys
@@ -30,17 +29,17 @@ _ENCODE_CHUNK = 512
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="scripts/prepare_text", description=__doc__.splitlines()[0])
+  parser = prepare_io.ArgumentParser(prog="scripts/prepare_text", description=__doc__.splitlines()[0])
   parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                       help="text files, folders (recursive), .jsonl (a text field) or .parquet (a text column)")
   parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR")
   parser.add_argument("--tokenizer", default="bpe", choices=text_tokenizer.KINDS)
-  parser.add_argument("--vocab-size", type=int, default=None,
+  parser.add_argument("--vocab-size", type=prepare_io.at_least(1), default=None,
                       help=f"tokens incl. <eos> (default {DEFAULT_VOCAB_SIZE}; bytes: 257)")
   parser.add_argument("--tokenizer-file", type=pathlib.Path, default=None,
                       help="use this Hugging Face tokenizer.json instead of training one")
   parser.add_argument("--text-column", default="text", help="the .jsonl field / parquet column holding the text")
-  parser.add_argument("--records-per-shard", type=int, default=20000)
+  parser.add_argument("--records-per-shard", type=prepare_io.at_least(1), default=20000)
   parser.add_argument("--overwrite", action="store_true", help="replace an existing different dataset in --out")
   return parser.parse_args(argv)
 
@@ -65,8 +64,6 @@ def _tokenizer(args, train_texts: list[str]) -> text_tokenizer.TextTokenizer:
                       f"{args.vocab_size}")
     return tokenizer
   vocab_size = args.vocab_size or DEFAULT_VOCAB_SIZE
-  if args.tokenizer != "bytes" and vocab_size < 300:
-    raise DataError(f"--vocab-size: {vocab_size} is too small for a byte-level {args.tokenizer} (>= 300)")
   return text_tokenizer.TextTokenizer(text_tokenizer.train(args.tokenizer, train_texts, vocab_size))
 
 
@@ -83,19 +80,33 @@ def _encoded_records(tokenizer, texts: list[str], progress: prepare_io.Progress,
       yield array_record_io.encode_record(ids)
 
 
+def _check_args(args):
+  """Every flag checked before any file is read: a mistake costs nothing and prints only its error."""
+  prepare_io.check_out(args.out)
+  if args.tokenizer_file:
+    text_tokenizer.load_file(args.tokenizer_file)
+  elif args.tokenizer != "bytes" and (args.vocab_size or DEFAULT_VOCAB_SIZE) < 300:
+    raise DataError(f"--vocab-size: {args.vocab_size} is too small for a byte-level {args.tokenizer} (>= 300)")
+
+
 def prepare(argv=None) -> dict:
   args = parse_args(argv)
   began = time.perf_counter()
+  _check_args(args)
   files = text_sources.input_files(args.input)
   reading = prepare_io.Progress(len(files), "reading", "files")
-  docs = []
+  docs, empty = [], []
   for path in files:
-    docs += text_sources.documents([path], args.text_column)
+    for doc in text_sources.documents([path], args.text_column):
+      (docs if doc.text.strip() else empty).append(doc)
     reading.update()
   reading.close()
   if len(docs) < 2:
-    raise DataError(f"{' '.join(args.input)}: {len(docs)} document(s); need at least 2 (one is held out for "
-                    "validation)")
+    skipped = f" ({len(empty)} empty skipped, e.g. {empty[0].where})" if empty else ""
+    raise DataError(f"{' '.join(args.input)}: {len(docs)} non-empty document(s){skipped}; need at least 2 (one is "
+                    "held out for validation)")
+  if empty:
+    prepare_io.warn(f"skipped {len(empty)} empty document(s), e.g. {empty[0].where}")
   fingerprint = _fingerprint(args, docs)
   if prepare_io.existing_dataset_matches(args.out, fingerprint, args.overwrite):
     print(f"prepare_text: {args.out} already holds this dataset; nothing to do")
@@ -104,8 +115,8 @@ def prepare(argv=None) -> dict:
   is_val = text_sources.is_validation([doc.text for doc in docs])
   split_texts = {"train": [d.text for d, v in zip(docs, is_val) if not v],
                  "validation": [d.text for d, v in zip(docs, is_val) if v]}
-  print(f"training a {args.tokenizer} tokenizer on {len(split_texts['train']):,} documents..."
-        if not args.tokenizer_file else f"using {args.tokenizer_file}", file=sys.stderr)
+  if not args.tokenizer_file:
+    print(f"training a {args.tokenizer} tokenizer on {len(split_texts['train']):,} documents...", file=sys.stderr)
   tokenizer = _tokenizer(args, split_texts["train"])
 
   with prepare_io.staged_dir(args.out) as staging:

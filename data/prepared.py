@@ -18,6 +18,7 @@ from tessera.data import registry
 from tessera.data.prepare_io import STATS_FILE, read_json
 
 RECORDS_FILE = "records.parquet"
+STATS_KEYS = ("kind", "vocab_size", "pad_id", "record_times", "train_split", "eval_split", "splits")
 UNIGRAM_FILE = "unigram_counts.npy"
 
 
@@ -87,12 +88,19 @@ class PreparedPipeline:
       raise FileNotFoundError(f"data.path: {self.directory} has no {STATS_FILE}; prepare it with "
                               "scripts/prepare_text or scripts/prepare_meds")
     self.stats = read_json(self.directory / STATS_FILE)
+    missing = [k for k in STATS_KEYS if k not in self.stats]
+    if missing:
+      raise ValueError(f"{self.directory / STATS_FILE}: no {missing[0]!r} (not written by a prepare command; re-run it)")
     self.tokenizer = load_tokenizer(self.directory, self.stats)
     self.vocab_size = self.tokenizer.vocab_size
     self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
     self.workers, self.prefetch = workers, prefetch
-    index = pq.read_table(self.directory / RECORDS_FILE, columns=["split", "num_tokens"]).to_pydict()
+    try:
+      index = pq.read_table(self.directory / RECORDS_FILE, columns=["split", "num_tokens"]).to_pydict()
+    except Exception as e:  # noqa: BLE001  (pyarrow raises several types for a damaged file)
+      raise ValueError(f"{self.directory / RECORDS_FILE}: unreadable ({str(e).splitlines()[0][:200]})") from None
     splits, lengths = np.asarray(index["split"]), np.asarray(index["num_tokens"], dtype=np.int64)
+    self._records = {name: int((splits == name).sum()) for name in set(index["split"])}
     train_split, eval_split = self.stats["train_split"], self.stats["eval_split"]
     train_lengths, eval_lengths = lengths[splits == train_split], lengths[splits == eval_split]
     order = np.random.default_rng(global_order.shuffle_seed(seed)).permutation(len(train_lengths))
@@ -104,9 +112,22 @@ class PreparedPipeline:
                        f"of {self.directory} at seq_len={seq_len}")
     if self.num_eval_rows == 0:
       raise ValueError(f"data: {self.directory} has no {eval_split} tokens to evaluate on")
+    self._unigram = self._unigram_counts()
+
+  def _unigram_counts(self) -> np.ndarray:
+    """Read at build time (used at the end of a run): a damaged file fails before anything is written."""
+    path = self.directory / UNIGRAM_FILE
+    try:
+      counts = np.load(path)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{path}: unreadable ({str(e).splitlines()[0][:200]})") from None
+    if counts.shape != (self.vocab_size,) or counts.sum() <= 0:
+      raise ValueError(f"{path}: shape {counts.shape}, expected ({self.vocab_size},) token counts")
+    return counts
 
   def _packed(self, split: str, plan: first_fit.RowPlan) -> PackedRows:
-    source = array_record_io.open_source(self.directory, self.stats["splits"][split]["shards"])
+    shards = self.stats["splits"][split]["shards"]
+    source = array_record_io.open_source(self.directory, shards, self._records.get(split, 0))
     return PackedRows(source, plan, self.seq_len + 1, self.stats["pad_id"], self.stats["record_times"])
 
   @property
@@ -128,7 +149,7 @@ class PreparedPipeline:
 
   def unigram_entropy_nats(self) -> float:
     """Entropy of the train token frequencies (counted at prepare time): the loss of a context-free model."""
-    counts = np.load(self.directory / UNIGRAM_FILE)
+    counts = self._unigram
     probs = counts[counts > 0] / counts.sum()
     return float(-(probs * np.log(probs)).sum())
 

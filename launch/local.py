@@ -116,12 +116,20 @@ def _stop(procs, grace):
     p.wait()
 
 
+class _Parser(argparse.ArgumentParser):
+  """A bad flag is one `error:` line and exit 2."""
+
+  def error(self, message):
+    print(f"error: {self.prog}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else list(argv)
   if "--" not in argv:
     argv.append("--")
   split = argv.index("--")
-  p = argparse.ArgumentParser(prog="launch/local.py", description=__doc__.splitlines()[0],
+  p = _Parser(prog="launch/local.py", description=__doc__.splitlines()[0],
                               usage="%(prog)s --processes N --devices-per-process M [options] -- <trainer args>")
   p.add_argument("--processes", type=int, required=True)
   p.add_argument("--devices-per-process", type=int, required=True, dest="devices")
@@ -130,7 +138,9 @@ def main(argv=None):
   p.add_argument("--port", type=int, help="coordinator port (default: a free one)")
   args = p.parse_args(argv[:split])
   if args.processes < 1 or args.devices < 1:
-    p.error("--processes and --devices-per-process must be >= 1")
+    p.error(f"--processes and --devices-per-process must be >= 1, got {args.processes} and {args.devices}")
+  if not (args.timeout >= 0 and args.grace >= 0):
+    p.error(f"--timeout and --grace must be >= 0 seconds, got {args.timeout} and {args.grace}")
   import portpicker
   coordinator = f"127.0.0.1:{args.port or portpicker.pick_unused_port()}"
   say(f"{args.processes} processes x {args.devices} CPU devices, coordinator {coordinator}")

@@ -15,8 +15,16 @@ import sys
 GB = 1e9
 
 
+class Parser(argparse.ArgumentParser):
+  """A bad flag is one `error:` line and exit 2."""
+
+  def error(self, message):
+    print(f"error: {self.prog}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse(argv):
-  p = argparse.ArgumentParser(prog="scripts/compile_check", description=__doc__.splitlines()[0])
+  p = Parser(prog="scripts/compile_check", description=__doc__.splitlines()[0])
   p.add_argument("--config", required=True, help="config file, optionally with :variant")
   p.add_argument("--devices", type=int, help="number of fake CPU devices to compile for")
   p.add_argument("--hbm-gb", type=float, required=True, dest="hbm_gb", help="per-device memory budget in GB (1e9)")
@@ -27,8 +35,12 @@ def parse(argv):
 
 def main(argv=None):
   args, rest = parse(sys.argv[1:] if argv is None else argv)
-  if (args.devices is None) == (args.topology is None):
-    print("error: give exactly one of --devices N or --topology NAME", file=sys.stderr)
+  problem = ("give exactly one of --devices N or --topology NAME" if (args.devices is None) == (args.topology is None)
+             else f"--devices: must be >= 1, got {args.devices}" if args.devices is not None and args.devices < 1
+             else f"--hbm-gb: must be a finite number > 0, got {args.hbm_gb}" if not 0 < args.hbm_gb < float("inf")
+             else None)
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
     return 2
   if args.devices is not None:
     os.environ["JAX_PLATFORMS"] = "cpu"

@@ -34,6 +34,13 @@ def default_workdir(spec):
   return str(pathlib.Path("runs") / (pathlib.Path(path).stem + (f"_{arg}" if arg else "")))
 
 
+def positive_int(text):
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  return value
+
+
 def split_overrides(rest):
   """['--config.a.b=1', '--config.c', '2'] -> {'a.b': 1, 'c': 2}; anything else is an error."""
   overrides, i = {}, 0
@@ -68,15 +75,31 @@ def load_config(spec, overrides, check_methods=True):
   else:
     config, module = config_loader.load(resolve_config_path(spec))
   config_loader.apply_overrides(config, overrides)
-  validate.validate(config)
+  validate_keys(config, spec)
   if check_methods:
     from tessera.trainer import zoo  # imports the zoo (jax): after the cheap checks
     zoo.check(config)
   return config, module
 
 
+class OneLineParser(argparse.ArgumentParser):
+  """argparse that reports a bad flag as one `error:` line (not usage + error) and exits 2, like every input error."""
+
+  def error(self, message):
+    print(f"error: {self.prog}: {message} (--help lists the flags)", file=sys.stderr)
+    sys.exit(2)
+
+
+def validate_keys(config, source):
+  """The spine's checks; a config lacking one of the spine's keys (a hand-edited config.json) names its file."""
+  try:
+    validate.validate(config)
+  except (AttributeError, KeyError, TypeError) as e:
+    raise ConfigError(f"{source}: not a complete tessera config ({str(e).strip().splitlines()[0][:200]})") from None
+
+
 def parser(command):
-  p = argparse.ArgumentParser(prog=f"tessera {command}", description=__doc__.splitlines()[0],
+  p = OneLineParser(prog=f"tessera {command}", description=__doc__.splitlines()[0],
                               epilog="multi-process: --coordinator HOST:PORT --num-processes N --process-id I")
   if command == "train":
     p.add_argument("--config", help=f"config file, optionally with :variant, or a run's config.json (default: "
@@ -88,7 +111,7 @@ def parser(command):
   else:
     p.add_argument("--workdir", required=True, help="a run directory with config.json and checkpoints/")
   if command == "eval":
-    p.add_argument("--batches", type=int, help="eval batches (default: the run's eval.batches)")
+    p.add_argument("--batches", type=positive_int, help="eval batches (default: the run's eval.batches)")
   if command == "sample":  # checked in tessera.trainer.sample (one-line errors, exit 2)
     p.add_argument("--prompt", help="one prompt (printed with its continuation)")
     p.add_argument("--prompts", metavar="FILE", help="one prompt per line, decoded as one batch; one output line "

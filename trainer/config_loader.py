@@ -17,8 +17,23 @@ def load_module(path):
     raise ConfigError(f"--config: no such config file {str(path)!r}")
   spec = importlib.util.spec_from_file_location(f"tessera_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001  (the user's code: any failure is a bad --config, named in one line)
+    raise ConfigError(f"--config: {path} {_failure(e, path)}") from None
   return module
+
+
+def _failure(e, path):
+  """'line N: SyntaxError: ...' for the innermost frame of `path` (where the user's config went wrong)."""
+  line = getattr(e, "lineno", None) if isinstance(e, SyntaxError) else None
+  tb = e.__traceback__
+  while tb is not None:
+    if pathlib.Path(tb.tb_frame.f_code.co_filename) == path:
+      line = tb.tb_lineno
+    tb = tb.tb_next
+  message = (e.msg if isinstance(e, SyntaxError) else str(e)).strip().splitlines()
+  return (f"line {line}: " if line else "") + f"{type(e).__name__}: {message[0] if message else ''}".rstrip(": ")
 
 
 def load(spec):
@@ -30,7 +45,12 @@ def load(spec):
   try:
     config = module.get_config(arg) if arg else module.get_config()
   except ValueError as e:
-    raise ConfigError(str(e)) from None
+    raise ConfigError(str(e).strip().splitlines()[0]) from None
+  except Exception as e:  # noqa: BLE001
+    raise ConfigError(f"--config: {path} get_config({arg!r}) failed at {_failure(e, pathlib.Path(path))}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"--config: {path} get_config() returned a {type(config).__name__}, not an "
+                      "ml_collections.ConfigDict (start from tessera.configs.defaults.base_config())")
   config.lock()
   return config, module
 
@@ -79,9 +99,21 @@ def to_dict(config):
   return json.loads(config.to_json())
 
 
+SECTIONS = ("train", "optim", "model", "data")  # what every run's config.json has had
+
+
 def from_json(path):
-  """A saved `<workdir>/config.json` back into a locked ConfigDict."""
-  config = ml_collections.ConfigDict(json.loads(pathlib.Path(path).read_text()))
+  """A saved `<workdir>/config.json` back into a locked ConfigDict; unreadable or not a run's config: ConfigError."""
+  try:
+    value = json.loads(pathlib.Path(path).read_text())
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+  except ValueError as e:
+    raise ConfigError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+  missing = [k for k in SECTIONS if not isinstance(value, dict) or not isinstance(value.get(k), dict)]
+  if missing:
+    raise ConfigError(f"{path}: not a tessera config (no {missing[0]!r} section)")
+  config = ml_collections.ConfigDict(value)
   config.lock()
   return config
 

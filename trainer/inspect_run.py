@@ -1,5 +1,6 @@
 """`eval` and `sample` on an existing workdir: rebuild the model from config.json, restore the latest params."""
 import json
+import sys
 
 import jax
 import numpy as np
@@ -28,26 +29,46 @@ def load_variables(workdir):
   if not (workdir / "config.json").exists():
     raise ConfigError(f"--workdir: {workdir}/config.json not found (not a tessera run)")
   config = config_loader.from_json(workdir / "config.json")
-  step = ckpt_lib.latest_step(workdir)
-  if step is None:
+  from tessera.trainer import cli
+  cli.validate_keys(config, workdir / "config.json")
+  if ckpt_lib.latest_step(workdir) is None:
     raise ConfigError(f"--workdir: {workdir}/checkpoints has no checkpoint")
   with config.unlocked():
     config.mesh.update(dict(data=-1, fsdp=1, tensor=1))  # any device count can read any checkpoint
+  pipeline = loop.build_pipeline(config)
   factory = state_lib.StateFactory(config, mesh_lib.make_mesh(config))
   checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint)
-  variables = restore_variables(checkpointer, step, factory)
-  checkpointer.close()
-  pipeline = loop.build_pipeline(config)
+  try:
+    step, variables = restore_newest_intact(checkpointer, factory)
+  finally:
+    checkpointer.close()
   return config, factory, variables, step, pipeline
 
 
+def restore_newest_intact(checkpointer, factory):
+  """(step, variables) of the newest step that restores and verifies. Read-only: a corrupt newer step is reported
+  in one line and skipped, not moved (training moves it aside); none intact is a ConfigError."""
+  error = None
+  for step in reversed(checkpointer.all_steps()):
+    try:
+      variables = restore_variables(checkpointer, step, factory)
+    except ckpt_lib.CorruptCheckpoint as e:
+      error = error or e
+      continue
+    if error is not None and jax.process_index() == 0:
+      print(f"warning: {error}; using step {step}", file=sys.stderr, flush=True)
+    return step, variables
+  raise ConfigError(f"{error}; no intact checkpoint in {checkpointer.directory}")
+
+
 def restore_variables(checkpointer, step, factory):
-  """The saved params, frozen params and model state (trees a checkpoint lacks, e.g. in scripts' outputs that
-  store only params, come back empty)."""
+  """The saved params, frozen params and model state, verified against the step's digest (trees a checkpoint
+  lacks, e.g. in scripts' outputs that store only params, come back empty). Raises CorruptCheckpoint."""
   saved = checkpointer.saved_shapes(step)
   item = {k: v for k, v in factory.abstract_variables().items() if k in saved and jax.tree.leaves(v)}
-  restored = checkpointer.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)))
+  restored = checkpointer._read(step, state=ocp.args.PyTreeRestore(  # noqa: SLF001  (one package)
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+  checkpointer._verify(step, restored[ckpt_lib.STATE], restored.get(ckpt_lib.DIGEST))  # noqa: SLF001
   return {k: restored[ckpt_lib.STATE].get(k, {}) for k in state_lib.TREES}
 
 

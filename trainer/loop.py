@@ -18,6 +18,7 @@ from tessera.trainer import checkpoint as ckpt_lib
 from tessera.trainer import config_loader
 from tessera.trainer import distributed
 from tessera.trainer import init_from
+from tessera.trainer import memory_check
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import metrics as metrics_lib
 from tessera.trainer import optim
@@ -77,6 +78,7 @@ class Run:
 
   def __init__(self, config, workdir, init_from_flag=None):
     self.config, self.workdir = config, ckpt_lib.absolute(workdir)
+    workdir_lib.check_writable(self.workdir)  # before reading checkpoints/: it may be a file
     self.init_from_flag = init_from_flag
     self.config_dict = config_loader.to_dict(config)
     self.latest = ckpt_lib.latest_step(self.workdir)
@@ -117,10 +119,21 @@ class Run:
     self.init_plan = None
     if self.latest is None and c.init.workdir:
       self.init_plan = init_from.Plan(c, self.factory)
+    self.train_step = self._compile_train_step()  # refuses a shape that cannot fit (train.memory_budget_gb)
     self.ckpt = ckpt_lib.Checkpointer(self.workdir, c.checkpoint)
     if self.latest is not None:
       self._check_shapes(self.ckpt, self.latest, str(self.workdir))
     return self
+
+  def _compile_train_step(self):
+    """The train step compiled ahead of time on abstract inputs: its memory is checked before anything is written
+    and the loop runs this executable (no second compile)."""
+    example = self.data.eval_batches(1, self.rows)[0]
+    batch = {k: jax.ShapeDtypeStruct((self.config.train.batch_size,) + v.shape[1:], v.dtype,
+                                     sharding=self.batch_sharding) for k, v in example.items()}
+    with self.factory.context():
+      return memory_check.compile_checked(step_lib.make_train_step(self.factory), self.factory.abstract_state(),
+                                          batch, self.config)
 
   def _check_shapes(self, checkpointer, step, where):
     try:
@@ -144,7 +157,6 @@ class Run:
     state, self.position = self._start_state()
     self.start = int(state["step"])
     self._open_outputs()
-    self.train_step = step_lib.make_train_step(self.factory)
     self.eval_step = step_lib.make_eval_step(self.factory)
     self.eval_batches = [self.global_batch(b) for b in self.data.eval_batches(c.eval.batches, self.rows)]
     batches = self.data.train_batches(self.position["next_batch"], self.rows)

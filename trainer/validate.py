@@ -67,6 +67,10 @@ def validate(config, device_count=None):
   _check((t.batch_size // t.microbatches) % batch_shards == 0, "train.microbatches",
          f"microbatch size {t.batch_size // t.microbatches} is not divisible by data*fsdp={batch_shards}")
 
+  budget = t.get("memory_budget_gb", 0.0)
+  _check(isinstance(budget, (int, float)) and 0 <= budget < math.inf, "train.memory_budget_gb",
+         f"must be a finite number of GB >= 0 (0 = the device's memory), got {budget}")
+
   o = config.optim
   _one_of(config, "optim.schedule", SCHEDULES)
   _check(isinstance(o.lr, (int, float)) and 0 < o.lr < math.inf, "optim.lr", f"must be finite and > 0, got {o.lr}")
@@ -94,6 +98,9 @@ def validate(config, device_count=None):
   _check(c.keep_period >= 0, "checkpoint.keep_period", f"must be >= 0 (0 = off), got {c.keep_period}")
   _check(config.eval.every_steps >= 0, "eval.every_steps", f"must be >= 0 (0 = only at the end)")
   _check(config.eval.batches >= 1, "eval.batches", f"must be >= 1, got {config.eval.batches}")
+  for key, meaning in (("workers", "0 = read in this process"), ("prefetch", "0 = no prefetch")):
+    value = config.data.get(key, 0)
+    _check(isinstance(value, int) and value >= 0, f"data.{key}", f"must be an int >= 0 ({meaning}), got {value!r}")
   _check(config.profile.num_steps >= 1, "profile.num_steps", f"must be >= 1, got {config.profile.num_steps}")
 
   for i, rule in enumerate(config.sharding.rules):

@@ -1,6 +1,7 @@
 """What a workdir already holds decides what a run may do; all checks here happen before anything is written."""
 import json
 import os
+import pathlib
 
 from etils import epath
 
@@ -52,6 +53,33 @@ def check_fresh(workdir):
   if files:
     raise ConfigError(f"--workdir: {workdir} holds files ({files[0]}, ...) but is not a tessera run; "
                       "choose a new or empty directory")
+
+
+# What a run writes into its workdir, and whether each is a folder or a file.
+OUTPUTS = {"checkpoints": "folder", "tb": "folder", "data": "folder", "profile": "folder", "metrics.jsonl": "file",
+           "config.json": "file", "summary.json": "file", "init.json": "file"}
+
+
+def check_writable(workdir):
+  """Every output can be written where it goes: checked before the first write, so a run never dies halfway through
+  writing (a workdir under a file, on a read-only disk, or with a file where a folder goes)."""
+  if "://" in str(workdir):  # remote stores report permissions only when written to
+    return
+  path = pathlib.Path(str(workdir))
+  existing = path
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  if not existing.is_dir():
+    raise ConfigError(f"--workdir: {existing} is a file, so {path} cannot be a run directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f"--workdir: {existing} is not writable (read-only or no permission)")
+  for name, kind in OUTPUTS.items():
+    target = path / name
+    if target.exists() and target.is_dir() != (kind == "folder"):
+      raise ConfigError(f"--workdir: {target} is a {'folder' if target.is_dir() else 'file'} but the run writes a "
+                        f"{kind} there")
+    if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):
+      raise ConfigError(f"--workdir: {target} is not writable (read-only or no permission)")
 
 
 def read_json(path):
