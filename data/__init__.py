@@ -1,2 +1,3 @@
 from tessera.data import embedded  # registers "embedded"
 from tessera.data import prepared  # registers "prepared" (a set data.path: scripts/prepare_text or prepare_meds)
+from tessera.data import ehr_cuts  # registers "ehr_cuts" (cut-point windows over prepared MEDS; synthetic preparer)
