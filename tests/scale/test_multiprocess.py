@@ -64,12 +64,14 @@ def test_each_process_reads_its_own_rows_and_together_all(runs):
 
 
 def _truncated_copy(source, dest, keep_step):
-  """The run as it was at `keep_step`: later checkpoints and all TensorBoard events removed."""
+  """The run as it was at `keep_step`: later checkpoints and all TensorBoard events and metrics removed (so only
+  the resumed steps' losses are read back)."""
   shutil.copytree(source, dest)
   for path in (dest / "checkpoints").iterdir():
     if path.name.isdigit() and int(path.name) > keep_step:
       shutil.rmtree(path)
   shutil.rmtree(dest / "tb")
+  (dest / "metrics.jsonl").unlink()
 
 
 def test_checkpoint_of_two_processes_resumes_in_one_and_back(runs):
