@@ -10,7 +10,7 @@ from flax import nnx
 
 from tessera.models import kernels
 from tessera.models import trimkv_gate
-from trimkv_helpers import GATE_PARAMS, apply, build, normal, set_gate_bias, tiny_cfg, tokens
+from trimkv_helpers import GATE_PARAMS, apply, build, normal, scanned_copy, set_gate_bias, tiny_cfg, tokens
 
 
 def flat_params(model):
@@ -51,13 +51,7 @@ def test_identity_limit(scan_layers):
   from tessera.losses import trimkv as trimkv_loss
   model = set_gate_bias(build(tiny_cfg(scan_layers=False)), 1e4)
   if scan_layers:  # the same params stacked
-    scanned = build(tiny_cfg(scan_layers=True))
-    flat = flat_params(model)
-    nnx.update(scanned, nnx.from_flat_state([
-        (path, var.replace(jnp.stack([flat["/".join(map(str, ("blocks", i, *path[1:])))] for i in range(2)])
-                           if path[0] == "blocks" else flat["/".join(map(str, path))]))
-        for path, var in nnx.to_flat_state(nnx.state(scanned, nnx.Param))]))
-    model = scanned
+    model = scanned_copy(model, tiny_cfg(scan_layers=True))
   tok = tokens((2, 24))
 
   def run(m):
@@ -70,6 +64,29 @@ def test_identity_limit(scan_layers):
   kl = trimkv_loss.forward_kl(teacher, student, jnp.ones((2, 24)))
   assert abs(float(kl)) < 1e-6
   np.testing.assert_array_equal(occupancy, np.broadcast_to(np.arange(1, 25, dtype=np.float32), occupancy.shape))
+
+
+def test_scan_and_remat_give_the_same_loss_and_gate_gradients():
+  """The gated forward under scan_layers and remat="full" computes the unrolled function (occupancy included)."""
+  tok = tokens((2, 16))
+  unrolled = set_gate_bias(build(tiny_cfg()), 2.0)
+  scanned = scanned_copy(unrolled, tiny_cfg(scan_layers=True, remat="full"))
+
+  def loss_and_grads(model):
+    graphdef, gates, rest = nnx.split(model, lambda path, _: "retention_gate" in path, ...)
+
+    def loss(gates):
+      logits, occupancy = nnx.merge(graphdef, gates, rest)(tok, return_occupancy=True)
+      return jnp.mean(logits ** 2) + jnp.mean(occupancy)
+    value, grads = jax.jit(jax.value_and_grad(loss))(gates)
+    return value, {path: g[...] for path, g in nnx.to_flat_state(grads)}
+
+  (l_u, g_u), (l_s, g_s) = loss_and_grads(unrolled), loss_and_grads(scanned)
+  np.testing.assert_allclose(l_s, l_u, rtol=1e-6)
+  for name in GATE_PARAMS:  # unrolled: one gradient per layer; scanned: stacked on a leading layer axis
+    stacked = g_s[("blocks", "retention_gate", name)]
+    for i in range(2):
+      np.testing.assert_allclose(stacked[i], g_u[("blocks", i, "retention_gate", name)], rtol=1e-4, atol=1e-9)
 
 
 def test_teacher_is_the_plain_decoder_bit_for_bit():

@@ -48,3 +48,18 @@ def apply(model, fn):
   """fn(model) under jit (one compile instead of many eager op compiles)."""
   graphdef, state = nnx.split(model)
   return jax.jit(lambda state: fn(nnx.merge(graphdef, state)))(state)
+
+
+def scanned_copy(model, cfg):
+  """A scan_layers=True model (config `cfg`) holding the unrolled `model`'s params, stacked per layer."""
+  scanned = build(cfg)
+  flat = {path: var[...] for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  n = len(model.blocks)
+
+  def value(path):
+    if path[0] == "blocks":
+      return jnp.stack([flat[("blocks", i, *path[1:])] for i in range(n)])
+    return flat[path]
+  nnx.update(scanned, nnx.from_flat_state([(path, var.replace(value(path)))
+                                           for path, var in nnx.to_flat_state(nnx.state(scanned, nnx.Param))]))
+  return scanned
