@@ -63,7 +63,7 @@ class Decoder(nnx.Module):
     self.scan_layers = cfg.scan_layers
     self.tie_embeddings = cfg.tie_embeddings
     self.n_layers, self.n_kv_heads, self.head_dim = cfg.n_layers, cfg.n_kv_heads, head_dim(cfg)  # cache shapes
-    self.embed = param(cfg, rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"))
+    self.embed = param(cfg, rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), embedding=True)
     self.blocks = self._make_blocks(cfg, rngs)
     self.final_norm = RMSNorm(cfg)
     if not cfg.tie_embeddings:

@@ -38,17 +38,16 @@ def gg_initializer(shape_nu=1.0, xi=2.0, fan_mode="reference", kind="kernel", in
   return init
 
 
-def model_initializer(cfg, std=None):
+def model_initializer(cfg, std=None, role="reads"):
   """`model.init="gg"` for the decoder zoo: GG init from `cfg.gg` for every weight (`std` is unused: the variance
-  is ξ/n). The (V, d_model) table is an embedding (n = V); other weights are Flax kernels whose output axes are the
-  last one, or for the (heads, head_dim, d_model) attention output the last one after two input axes."""
+  is ξ/n). `role` (tessera.models.layers): an "embedding" table has n = V; a kernel that "writes" the residual
+  stream has every axis but the last as input (the (heads, head_dim, d_model) attention output: two); a kernel that
+  "reads" it has one input axis."""
   del std
   gg = cfg.gg
 
   def init(key, shape, dtype=jnp.float32):
-    if tuple(shape) == (cfg.vocab_size, cfg.d_model):
-      kind, in_ndim = "embedding", 1
-    else:
-      kind, in_ndim = "kernel", (len(shape) - 1 if len(shape) > 2 and shape[-1] == cfg.d_model else 1)
+    kind = "embedding" if role == "embedding" else "kernel"
+    in_ndim = len(shape) - 1 if role == "writes" else 1
     return gg_initializer(gg.shape, gg.xi, gg.fan_mode, kind, in_ndim)(key, shape, dtype)
   return init

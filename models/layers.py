@@ -18,44 +18,51 @@ class ModelState(nnx.Variable):
   Give it logical axes like a Param (`ModelState(value, out_sharding=("embed", "mlp"))`) to shard it."""
 
 
-def lingua_init(cfg, std):
+# A weight's role, named where the module creates it (never guessed from shapes: V = F or V = d are common).
+EMBEDDING = "embedding"          # a [V, d] table read by token id
+READS_RESIDUAL = "reads"         # a kernel whose input is the residual stream (q/k/v, gate/up, unembedding)
+WRITES_RESIDUAL = "writes"       # a kernel whose output is added to it (attention output [H, E, D], MLP down [F, D])
+
+
+def lingua_init(cfg, std, role):
   """Lingua's default (used by STEM): truncated normal cut at 3 std, std = fan_in^-0.5, ignoring `init_std`.
 
-  Weights that read the residual stream (q/k/v, gate/up, unembedding) and the embedding get d_model^-0.5;
-  those that write into it (attention output [H, E, D], MLP down [F, D]) get (their input size)^-0.5.
+  Embeddings and weights that read the residual stream get d_model^-0.5; those that write into it get (their input
+  size)^-0.5, the product of every axis but the last.
   """
   del std
 
   def init(key, shape, dtype=jnp.float32):
-    writes_residual = shape[-1] == cfg.d_model and shape[0] != cfg.vocab_size
-    fan_in = math.prod(shape[:-1]) if writes_residual else cfg.d_model
+    fan_in = math.prod(shape[:-1]) if role == WRITES_RESIDUAL else cfg.d_model
     return (fan_in ** -0.5 * jax.random.truncated_normal(key, -3.0, 3.0, shape, jnp.float32)).astype(dtype)
   return init
 
 
-# Initializer families by `model.init`: (model config, stddev) -> jax initializer. A new family is one entry here.
+# Initializer families by `model.init`: (model config, stddev, role) -> jax initializer. A new family is one entry.
 INITIALIZERS = {
-  "normal": lambda cfg, std: nnx.initializers.normal(stddev=std),
+  "normal": lambda cfg, std, role: nnx.initializers.normal(stddev=std),
   "lingua": lingua_init,
   "gg": gg_init.model_initializer,  # generalized Gaussian, Var = xi/n (gg_prior.md §3)
 }
 
 
-def kernel_init(cfg, logical_axes, *, residual_out=False):
-  """Initializer for a weight with `logical_axes`, from `model.init` and `model.init_std`.
+def kernel_init(cfg, logical_axes, *, residual_out=False, embedding=False):
+  """Initializer for a weight with `logical_axes`, from `model.init` and `model.init_std`; `residual_out` and
+  `embedding` name the weight's role (READS_RESIDUAL otherwise).
 
   Projections that write into the residual stream (attention output, MLP down) use std / sqrt(2 * n_layers)
   (GPT-2 / Megatron convention), so the residual stream's variance does not grow with depth.
   """
   if cfg.init not in INITIALIZERS:
     raise ValueError(f"model.init: unknown initializer {cfg.init!r}; known: {sorted(INITIALIZERS)}")
+  role = EMBEDDING if embedding else WRITES_RESIDUAL if residual_out else READS_RESIDUAL
   std = cfg.init_std / math.sqrt(2 * cfg.n_layers) if residual_out else cfg.init_std
-  return nnx.with_partitioning(INITIALIZERS[cfg.init](cfg, std), logical_axes)
+  return nnx.with_partitioning(INITIALIZERS[cfg.init](cfg, std, role), logical_axes)
 
 
-def param(cfg, rngs, shape, logical_axes, *, residual_out=False):
-  """An `nnx.Param` of `shape` in `param_dtype`, annotated with its logical axis names."""
-  init = kernel_init(cfg, logical_axes, residual_out=residual_out)
+def param(cfg, rngs, shape, logical_axes, *, residual_out=False, embedding=False):
+  """An `nnx.Param` of `shape` in `param_dtype`, annotated with its logical axis names (role: kernel_init)."""
+  init = kernel_init(cfg, logical_axes, residual_out=residual_out, embedding=embedding)
   return nnx.Param(init(rngs.params(), shape, jnp.dtype(cfg.param_dtype)))
 
 
