@@ -35,7 +35,8 @@ def add_keys(c):
   that holds the tables ("dense", the paper's, changes nothing).
   """
   c.model.stem = ml_collections.ConfigDict(dict(
-      layers=None, table_init="xavier_normal", lookup_impl="xla", offload=False))
+      layers=ml_collections.FieldReference(None, field_type=object),  # a list of indices or a fraction's name
+      table_init="xavier_normal", lookup_impl="xla", offload=False))
   c.optim.stem_update = "dense"
   return c
 
@@ -71,10 +72,8 @@ def get_config(arg="small"):
 
 
 def sweep():
-  """dense, STEM 1/3, 1/2, all (of `small`'s 4 layers: 1/3 -> [1], 1/2 -> [1, 3]) and 1/2 with normal_1 tables."""
-  n_layers = _VARIANTS["small"][1]
-  fractions = {"dense": [], "1/3": list(range(1, n_layers, 3)), "1/2": list(range(1, n_layers, 2)),
-               "all": list(range(n_layers))}
-  for layers in fractions.values():
+  """dense, STEM 1/3, 1/2, all and 1/2 with normal_1 tables. Fractions are resolved against the variant's own depth
+  (tessera.models.stem.FRACTIONS: 4 layers -> 1/3 = [1], 1/2 = [1, 3]; 8 layers -> [1, 4, 7], [1, 3, 5, 7])."""
+  for layers in ([], "1/3", "1/2", "all"):
     yield {"model.stem.layers": layers}
-  yield {"model.stem.layers": fractions["1/2"], "model.stem.table_init": "normal_1"}
+  yield {"model.stem.layers": "1/2", "model.stem.table_init": "normal_1"}

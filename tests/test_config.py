@@ -92,3 +92,11 @@ def test_every_config_takes_two_steps(spec):
   """Step-derived keys (warmup, ...) follow train.steps, so a smoke run of any config passes validation."""
   config, _ = cli.load_config(spec, {"train.steps": 2})
   assert config.optim.warmup_steps <= 2
+
+
+def test_stem_sweep_follows_the_variants_depth():
+  from tessera.models import stem
+  for variant, halves in (("small", (1, 3)), ("base", (1, 3, 5, 7))):
+    runs, _ = cli.plan_train(["--config", f"configs/stem.py:{variant}", "--sweep", "--workdir", "runs/sw"])
+    layers = [stem.stem_layers(c.model) for c, _ in runs]
+    assert layers[0] == () and layers[2] == halves and len(layers[3]) == runs[0][0].model.n_layers
