@@ -17,7 +17,7 @@ from flax import nnx
 from tessera.models import config_checks
 from tessera.models import decoder as decoder_lib
 from tessera.models import registry
-from tessera.models.layers import ModelState, param
+from tessera.models.layers import ModelState
 
 
 def as_model_state(module):
@@ -50,9 +50,12 @@ class Predictor(nnx.Module):
     axes = ("norm",)
     self.norm_scale = nnx.Param(nnx.with_partitioning(nnx.initializers.ones, axes)(None, (d,), jnp.float32))
     self.norm_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, axes)(None, (d,), jnp.float32))
-    self.w1 = param(cfg, rngs, (d, 2 * d), ("embed", "mlp"))
+    # fan-in init (std = fan_in^-0.5, PyTorch Linear scale; the spec leaves it open): ẑ starts at O(1) spread
+    # instead of the LM's init_std-sized outputs, so the collapse monitor (std of ẑ) starts healthy.
+    fan_in = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    self.w1 = nnx.Param(nnx.with_partitioning(fan_in, ("embed", "mlp"))(rngs.params(), (d, 2 * d), jnp.float32))
     self.b1 = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ("mlp",))(None, (2 * d,), jnp.float32))
-    self.w2 = param(cfg, rngs, (2 * d, d), ("mlp", "embed"))
+    self.w2 = nnx.Param(nnx.with_partitioning(fan_in, ("mlp", "embed"))(rngs.params(), (2 * d, d), jnp.float32))
     self.b2 = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ("norm",))(None, (d,), jnp.float32))
     self.eps = cfg.norm_eps
 
