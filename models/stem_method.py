@@ -5,8 +5,8 @@ Keys (configs/stem.py `add_keys`): model.stem.{layers, table_init, lookup_impl, 
 from tessera.models import config_checks
 from tessera.models import registry
 from tessera.models import stem
-from tessera.models import stem_offload
 from tessera.models import stem_optim  # noqa: F401  (registers the "sparse_rows" optimizer update)
+from tessera.models import stem_rows_step
 from tessera.models.config_checks import one_of, require
 
 LOOKUPS = ("xla", "pallas", "auto")
@@ -40,4 +40,9 @@ def check(config):
 
 @registry.step_variant("stem")
 def step_variant(config):
-  return stem_offload.OFFLOAD if config.model.stem.offload else None
+  """The row step for sparse_rows (one microbatch; more use the standard step and a dense table gradient)."""
+  if config.model.stem.offload:
+    return stem_rows_step.OFFLOAD
+  if config.optim.get("stem_update", "dense") == "sparse_rows" and config.train.microbatches == 1:
+    return stem_rows_step.ROWS
+  return None

@@ -69,7 +69,7 @@ def test_each_group_clips_its_own_norm():
   assert np.isclose(norms["default"], 0.5) and np.isclose(norms["group0"], 100.0)
 
 
-def test_sparse_rows_moves_only_batch_rows_and_matches_dense_adam_on_them():
+def test_sparse_rows_first_update_equals_dense_adam_on_batch_rows_and_leaves_other_rows():
   tokens_BxT = tokens((2, 8), vocab=20)
   params, grads = grads_of_tiny_model(tokens_BxT)
   unique = jnp.unique(tokens_BxT, size=64, fill_value=64)
@@ -104,3 +104,23 @@ def test_sparse_rows_train_step_runs_and_learns():
   assert (table_after[~present] == table_before[~present]).all()
   assert (table_after[present] != table_before[present]).any()
   assert losses[-1] < losses[0] and "grad_norm/group0" in metrics
+
+
+def test_sparse_rows_step_needs_a_fraction_of_the_dense_gradient_steps_temporaries():
+  """The row step differentiates w.r.t. the batch's gathered rows (no [V, F] gradient); its compiled temporaries
+  (measured 4.4 MB: the in-place row writes of two tables, their moments) are under a third of the step that builds
+  dense table gradients (14.3 MB; microbatches=2 takes that step)."""
+  from tessera.trainer import mesh as mesh_lib, state as state_lib, step as step_lib
+  temps = {}
+  for name, microbatches in (("rows", 1), ("dense_gradient", 2)):
+    c = sparse_rows_config(1)
+    c.model.vocab_size = 8192
+    c.train.microbatches = microbatches
+    factory = state_lib.StateFactory(c, mesh_lib.make_mesh(c))
+    assert (factory.variant is not None) == (name == "rows")
+    batch = {k: jax.ShapeDtypeStruct((2, 8), np.float32 if k == "loss_mask" else np.int32)
+             for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask")}
+    with factory.context():
+      compiled = step_lib.make_train_step(factory).lower(factory.abstract_state(), batch).compile()
+    temps[name] = compiled.memory_analysis().temp_size_in_bytes
+  assert temps["rows"] < temps["dense_gradient"] / 3, temps

@@ -1,9 +1,10 @@
-"""STEM host offload (`model.stem.offload`, stem.md section 8): a step variant of the STEM method.
+"""STEM's row step, the step variant behind `optim.stem_update=sparse_rows` and `model.stem.offload` (stem.md §8).
 
-Tables and their Adam moments live in `pinned_host` memory. Each step gathers the batch's unique rows to the device,
-differentiates w.r.t. those device rows (a host-memory parameter cannot take a cotangent), then the sparse-row AdamW
-reads and writes only those rows of the host tables and host moments. One microbatch, sparse_rows (checked by
-tessera.models.stem_method).
+Each step gathers the batch's unique rows of every table, differentiates w.r.t. those [U, F] rows (no dense [V, F]
+gradient or update exists), then the sparse-row AdamW reads and writes only those rows of the tables and their
+moments. ROWS keeps the tables in device memory; OFFLOAD keeps tables and moments in `pinned_host` memory (a
+host-memory parameter cannot take a cotangent, which is why the gradient is taken w.r.t. gathered device rows).
+One microbatch (tessera.models.stem_method picks the standard step otherwise, and refuses offload).
 """
 import jax
 import jax.numpy as jnp
@@ -63,14 +64,22 @@ def _make(ctx):
     new_params = jax.tree.map(
         lambda p, r, u, t: stem.scatter_rows(p, ids_U, r + u) if t else optax.apply_updates(p, u),
         params, rows, updates, is_table)
+    model_state, rule_metrics = state["model_state"], {}
+    if ctx.objective.has_after_update:  # in device memory only (offload refuses rules that rewrite whole tables)
+      model = ctx.model(new_params, state["frozen"], model_state, master=True)
+      rule_metrics = ctx.objective.after_update(model, state["step"])
+      new_params, _, model_state = ctx.variables(model)
     squares = [_host_sum_squares(p) if t else jnp.sum(jnp.square(p.astype(jnp.float32)))
                for p, t in zip(jax.tree.leaves(new_params), jax.tree.leaves(is_table))]
     metrics = {"loss": loss, "lr": ctx.lr_schedule(state["step"]), "grad_norm": optax.tree.norm(grads),
                "param_norm": jnp.sqrt(sum(squares)), **ctx.group_norms(grads),
-               **{k: v for k, v in aux.items() if k != "loss"}}
-    return {**state, "step": state["step"] + 1, "params": new_params, "opt_state": opt_state}, metrics
+               **{k: v for k, v in aux.items() if k != "loss"}, **rule_metrics}
+    new_state = {**state, "step": state["step"] + 1, "params": new_params, "model_state": model_state,
+                 "opt_state": opt_state}
+    return new_state, metrics
 
   return train_step
 
 
+ROWS = registry.StepVariant(make=_make)
 OFFLOAD = registry.StepVariant(make=_make, param_shardings=_host_tables)
