@@ -34,6 +34,13 @@ def encode_tree(params, fmt):
   return jax.tree.map(encode, params)
 
 
+def nonfinite_count(params):
+  """How many inputs of the quantizable leaves are NaN or ±inf: inside jit they encode to 0x00 (gg_prior.md §8.2),
+  so this count (`rf8_nonfinite` in scripts/quantize's summary) is how a silent zero becomes visible."""
+  counts = [jnp.sum(~jnp.isfinite(w)) for w in jax.tree.leaves(params) if quantizable(w)]
+  return sum(counts, jnp.zeros((), jnp.int32))
+
+
 def decode_tree(stored, fmt, dtype):
   """Stored tree -> float tree in `dtype` (the model's param dtype)."""
   return jax.tree.map(lambda x: numerics.decode(x["codes"], x["shift"], fmt, dtype) if is_code_leaf(x) else x,

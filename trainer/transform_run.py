@@ -117,7 +117,7 @@ def state_bytes(workdir, step):
 
 def quantize(args, config, factory, params, step, tmp):
   """Writes the codes into `tmp`; returns the summary fields specific to quantization."""
-  stored = jax.jit(lambda p: quantized.encode_tree(p, args.format))(params)
+  stored, nonfinite = jax.jit(lambda p: (quantized.encode_tree(p, args.format), quantized.nonfinite_count(p)))(params)
   with config.unlocked():
     config.model.weight_format = args.format
   stored_factory = state_lib.StateFactory(config, factory.mesh)
@@ -128,7 +128,8 @@ def quantize(args, config, factory, params, step, tmp):
     float_bytes = state_bytes(float_dir, step)
   host = jax.device_get(params)
   quantized_count = sum(int(np.size(w)) for w in jax.tree.leaves(host) if quantized.quantizable(w))
-  return {"format": args.format, "relative_rmse": quantized.relative_rmse(host, args.format),
+  return {"format": args.format, "rf8_nonfinite": int(nonfinite),
+          "relative_rmse": quantized.relative_rmse(host, args.format),
           "params_quantized": quantized_count, "params_total": sum(int(np.size(w)) for w in jax.tree.leaves(host)),
           "checkpoint_bytes": state_bytes(tmp, step), "float_checkpoint_bytes": float_bytes,
           "size_ratio": float_bytes / state_bytes(tmp, step)}

@@ -144,3 +144,11 @@ def test_fake_quant_forward_and_straight_through_gradient(fmt):
   np.testing.assert_array_equal(np.asarray(grad), np.asarray(weights))
   with_nan = numerics.fake_quant(x.at[0].set(jnp.nan), fmt)
   assert np.isnan(with_nan[0]) and np.all(np.isfinite(with_nan[1:]))
+
+
+def test_nonfinite_inputs_encode_to_zero_in_jit_and_are_counted():
+  from tessera.models import quantized
+  w = jnp.array([[0.5, jnp.nan], [jnp.inf, -0.25]], jnp.float32)
+  codes, _ = jax.jit(lambda x: numerics.encode(x, "rf8"))(w)
+  assert int(codes[0, 1]) == 0 and int(codes[1, 0]) == 0 and int(codes[0, 0]) != 0
+  assert int(jax.jit(quantized.nonfinite_count)({"w": w, "bias": jnp.array([jnp.nan])})) == 2  # 1-D not quantized
