@@ -223,9 +223,14 @@ def build(cfg_data, *, seq_len, global_batch_size, seed, prepared=None):
 @registry.preparer("ehr_cuts")
 def prepare(cfg_data, directory, seed):
   """Without data.path: the §6 synthetic set (data.synth_subjects subjects, seed data.synth_seed, independent of
-  the run seed so pretraining seeds share one dataset) written and prepared under `directory`."""
+  the run seed so pretraining seeds share one dataset) written and prepared under `directory`. With data.path:
+  nothing to write, but the directory and the horizon are checked here, because the trainer runs the preparer
+  before anything lands in the workdir (a bad horizon is then one line, exit 2, nothing written)."""
   del seed
   if cfg_data.path:
+    CutPointPipeline(cfg_data.path, ctx_len=cfg_data.ctx_len, fut_len=cfg_data.fut_len,
+                     horizon_days=cfg_data.horizon_days, min_ctx_events=cfg_data.min_ctx_events,
+                     global_batch_size=1, seed=0)
     return
   from tessera.data import meds_synth, prepare_meds
   meds_dir = meds_synth.write_dataset(pathlib.Path(directory) / "meds", cfg_data.synth_subjects,

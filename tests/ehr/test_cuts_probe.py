@@ -123,3 +123,11 @@ def test_logistic_probe_learns_and_c_regularises():
   theta = linear_probe.fit_logistic(x, y, (1e-3, 10.0), iterations=100)
   assert linear_probe.auroc(y, linear_probe.scores(theta[1], x)) > 0.95
   assert np.linalg.norm(theta[0, :-1]) < 0.2 * np.linalg.norm(theta[1, :-1])
+
+
+def test_a_horizon_with_no_future_events_is_one_line_exit_2_nothing_written(prepared, tmp_path):
+  from tessera_testing import run_cli
+  result = run_cli("--config", "configs/ehr_jepa.py:tiny", "--workdir", tmp_path / "w",
+                   f"--config.data.path={prepared}", "--config.data.horizon_days=1e-6", check=False)
+  assert result.returncode == 2 and "data.horizon_days" in result.stderr, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
