@@ -20,9 +20,11 @@ def parse(argv):
   p.add_argument("--workdir", required=True, help="a STEM run directory (config.json and checkpoints/)")
   p.add_argument("--prompt", required=True)
   p.add_argument("--swap", required=True, help="SOURCE=TARGET: SOURCE's lookups read TARGET's rows")
-  p.add_argument("--mode", default="replace", choices=("replace", "mean"),
-                 help="replace: one-for-one ids when token counts match (else falls back to mean); mean: the mean "
-                      "of TARGET's rows at every SOURCE position")
+  p.add_argument("--mode", default="replace", choices=("replace", "align", "mean"),
+                 help="replace: one-for-one ids when token counts match (else falls back to mean); align: TARGET's "
+                      "ids fitted to SOURCE's length (repeated when shorter, its longest tokens by bytes when "
+                      "longer; stem.md section 9), then replaced one for one; mean: the mean of TARGET's rows at "
+                      "every SOURCE position")
   p.add_argument("--max-new-tokens", type=int, default=40)
   p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
   return p.parse_args(argv)
@@ -39,13 +41,16 @@ def run(args):
   prompt, source_ids, target_ids = (list(tokenizer.encode(s)) for s in (args.prompt, source, target))
   if not stem_edit.occurrences(prompt, source_ids):
     raise ConfigError(f"--swap: {source!r} does not occur in the prompt's tokens")
-  _, _, mode = stem_edit.edit(prompt, source_ids, target_ids, args.mode)
+  if args.mode == "align":
+    token_bytes = {t: len(tokenizer.decode([t]).encode("utf-8")) for t in set(target_ids)}
+    target_ids = stem_edit.aligned_target(source_ids, target_ids, token_bytes)
+  _, _, mode = stem_edit.edit(prompt, source_ids, target_ids, "replace" if args.mode == "align" else args.mode)
 
   before, logp_before, after, logp_after = continuations(factory, params, prompt, source_ids, target_ids, mode,
                                                          args.max_new_tokens, tokenizer.vocab_size)
   first = before[0]
   result = {
-      "step": step, "mode": mode, "source_tokens": len(source_ids), "target_tokens": len(target_ids),
+      "step": step, "mode": "align" if args.mode == "align" else mode, "source_tokens": len(source_ids), "target_tokens": len(target_ids),
       "before": tokenizer.decode(before), "after": tokenizer.decode(after),
       "max_abs_logprob_change_next_token": float(np.abs(logp_after[0] - logp_before[0]).max()),
       "logprob_of_unedited_next_token": [float(logp_before[0][first]), float(logp_after[0][first])],

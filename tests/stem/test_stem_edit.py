@@ -52,5 +52,9 @@ def test_edit_knowledge_command(tmp_path):
   same = subprocess.run(command + ["--swap", "Spain=Italy", "--mode", "replace"], cwd=ROOT, capture_output=True,
                         text=True)
   assert same.returncode == 0 and json.loads(same.stdout)["mode"] == "replace"
+  aligned = subprocess.run(command + ["--swap", "Spain=Germany", "--mode", "align"], cwd=ROOT, capture_output=True,
+                           text=True)  # 7 target tokens fitted to 5: the longest by bytes, in order
+  assert aligned.returncode == 0 and json.loads(aligned.stdout)["mode"] == "align", aligned.stderr
+  assert json.loads(aligned.stdout)["target_tokens"] == 5
   missing = subprocess.run(command + ["--swap", "France=Italy"], cwd=ROOT, capture_output=True, text=True)
   assert missing.returncode == 2 and "does not occur" in missing.stderr
