@@ -56,13 +56,14 @@ def _describe(code):
 
 def supervise(commands, envs, timeout=None, grace=5.0, poll=0.1):
   """Runs commands[i] with envs[i], prefixing output; the watchdog policy above. Returns the exit code."""
-  procs = []
+  procs, pumps, first_failure = [], [], None
   for i, (command, env) in enumerate(zip(commands, envs)):
     proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             bufsize=1, start_new_session=True)  # own process group: grain workers go with it
     say(f"process {i}: pid {proc.pid}")
     for stream, sink in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
-      threading.Thread(target=_pump, args=(stream, f"[p{i}] ", sink), daemon=True).start()
+      pumps.append(threading.Thread(target=_pump, args=(stream, f"[p{i}] ", sink), daemon=True))
+      pumps[-1].start()
     procs.append(proc)
 
   forwarded = []
@@ -75,7 +76,8 @@ def supervise(commands, envs, timeout=None, grace=5.0, poll=0.1):
       failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
       if failed:
         i, code = failed[0]
-        say(f"process {i} {_describe(code)}; stopping the other {sum(c is None for c in codes)} process(es)")
+        first_failure = f"process {i} {_describe(code)}"
+        say(f"{first_failure}; stopping the other {sum(c is None for c in codes)} process(es)")
         result = code if code > 0 else 128 - code
       elif all(c == 0 for c in codes):
         result = 0
@@ -92,6 +94,10 @@ def supervise(commands, envs, timeout=None, grace=5.0, poll=0.1):
     for s, h in handlers.items():
       signal.signal(s, h)
     _stop(procs, 0)
+  for pump in pumps:  # the processes' last lines first, so the launcher's verdict is the last line
+    pump.join(timeout=5)
+  if first_failure:
+    say(f"{first_failure} (the first to fail); all {len(procs)} processes stopped, exit {result}")
   return result
 
 

@@ -190,5 +190,7 @@ def main(argv=None):
     from tessera.trainer import loop
     if isinstance(e, (loop.NonFiniteLoss, loop.Stopped)):
       print(f"error: {e}", file=sys.stderr)
+      if isinstance(e, loop.Stopped):  # every process stopped at the same step: leave the group together
+        distributed.shutdown()
       return 1
     raise

@@ -109,6 +109,7 @@ def initialize(group):
   if group is None:
     return
   import jax
+  _relay_stderr(group)
   # JAX aborts the process (C++ LOG(FATAL), a stack dump) when its own join deadline passes; our deadline comes
   # first and ends the process with one line naming the coordinator instead.
   joining = threading.Event()
@@ -129,6 +130,22 @@ def initialize(group):
   from jax._src import distributed as jax_distributed
   _state["group"] = dataclasses.replace(group, coordinator=jax_distributed.global_state.coordinator_address,
                                         num_processes=jax.process_count(), process_id=jax.process_index())
+
+
+def _relay_stderr(group):
+  """JAX's client aborts the process with a C++ stack dump (LOG(FATAL)) when the coordination service reports a dead
+  peer; no Python code runs after it. So this process's stderr goes through a small relay process
+  (tessera.trainer.peer_report) that passes every line on and, when the dump names dead processes, ends the stream
+  with one line naming them."""
+  import subprocess
+  read_end, write_end = os.pipe()
+  subprocess.Popen([sys.executable, "-m", "tessera.trainer.peer_report", str(group.num_processes),
+                    str(group.heartbeat_timeout), str(group.process_id)], stdin=read_end, stdout=sys.stderr.fileno(),
+                   stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+  os.close(read_end)
+  sys.stderr.flush()
+  os.dup2(write_end, sys.stderr.fileno())
+  os.close(write_end)
 
 
 def _join_timed_out(group, joining):

@@ -14,6 +14,7 @@ import numpy as np
 from tessera import data as _data  # noqa: F401  (registers pipelines)
 from tessera.data import registry as data_registry
 from tessera.models import registry as model_registry
+from tessera.trainer import agreement as agreement_lib
 from tessera.trainer import checkpoint as ckpt_lib
 from tessera.trainer import config_loader
 from tessera.trainer import distributed
@@ -162,6 +163,9 @@ class Run:
     batches = self.data.train_batches(self.position["next_batch"], self.rows)
     self.progress = metrics_lib.Progress(c.train.steps, self.start, max(c.train.steps // 20, 1))
     self.clock, self.pending, self.last_save_time = Clock(), None, time.perf_counter()
+    self.agreement = None
+    if jax.process_count() > 1:  # clock and signal decisions agreed across processes (single process: none)
+      self.agreement = agreement_lib.Agreement(self.mesh, c.train.batch_size, self.rows)
     self.step_times, self.save_seconds = {}, {}
     self.summary = {"step": self.start, "train_loss": None, "eval_loss": None, "tokens_per_second": None,
                     "mfu": None}
@@ -173,14 +177,16 @@ class Run:
           self._report_pending()
           self.pending = (step, device_metrics)
           self._profile(step, starting=False, state=state)
-          if self._save_due(step) or signals.received:
+          time_due, stop = self._agreed(signals)
+          if self._step_due(step) or time_due or stop:
             self._report_pending()
             self._save(step, state)
           if self._eval_due(step):
             self._evaluate(step, state)
-          if signals.received:
-            raise Stopped(f"stopped by signal {signals.received[0]} at step {step}; checkpoint saved, rerun to "
-                          "resume")
+          if stop:
+            cause = f"signal {signals.received[0]}" if signals.received else "a signal to another process"
+            raise Stopped(f"stopped by {cause} at step {step}; checkpoint saved, rerun to resume")
+          self._offer(signals)
         self._report_pending()
       if self.start >= c.train.steps:  # a rerun of a run that stopped before its finish step
         self._recover_last_metrics()
@@ -282,10 +288,24 @@ class Run:
         self.summary.update(step=record["step"], train_loss=record["train/loss"],
                             tokens_per_second=record.get("train/tokens_per_second"), mfu=record.get("train/mfu"))
 
-  def _save_due(self, step):
+  def _step_due(self, step):
     k = self.config.checkpoint
-    return bool((k.every_steps and step % k.every_steps == 0) or step == self.config.train.steps or (
-        k.every_seconds and time.perf_counter() - self.last_save_time >= k.every_seconds))
+    return bool((k.every_steps and step % k.every_steps == 0) or step == self.config.train.steps)
+
+  def _time_due(self):
+    k = self.config.checkpoint
+    return bool(k.every_seconds and time.perf_counter() - self.last_save_time >= k.every_seconds)
+
+  def _agreed(self, signals):
+    """(a save is due by the clock, stop): this process's own view, or the one all processes agreed on."""
+    if self.agreement is None:
+      return self._time_due(), bool(signals.received)
+    return self.agreement.decision()
+
+  def _offer(self, signals):
+    """This step's local view, agreed at the next step boundary (process 0's clock decides the time)."""
+    if self.agreement is not None:
+      self.agreement.submit(jax.process_index() == 0 and self._time_due(), bool(signals.received))
 
   def _eval_due(self, step):
     every = self.config.eval.every_steps
