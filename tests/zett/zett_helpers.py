@@ -45,3 +45,23 @@ def apply(model, fn):
   """fn(model) under jit (one compile instead of many eager op compiles)."""
   graphdef, state = nnx.split(model)
   return jax.jit(lambda state: fn(nnx.merge(graphdef, state)))(state)
+
+
+def restore(*runs):
+  """Saved states, one {keystr: numpy array} per (workdir, step), read with plain Orbax in one subprocess."""
+  import subprocess
+  import sys
+
+  import numpy as np
+
+  from tessera_testing import ROOT
+  paths = [str(workdir / "checkpoints" / str(step) / "state") for workdir, step in runs]
+  outs = [str(workdir.parent / f"{workdir.name}_{step}.npz") for workdir, step in runs]
+  code = f"""
+import jax, numpy as np, orbax.checkpoint as ocp
+for path, out in zip({paths!r}, {outs!r}):
+  state = ocp.PyTreeCheckpointer().restore(path)
+  np.savez(out, **{{jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)}})
+"""
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+  return [dict(np.load(out)) for out in outs]
