@@ -164,8 +164,13 @@ def check(config):
   if config.data.ctx_len + config.data.fut_len != config.train.seq_len:
     _fail("train.seq_len", f"must equal data.ctx_len + data.fut_len = "
           f"{config.data.ctx_len + config.data.fut_len}, got {config.train.seq_len}")
-  if config.probe.bootstrap < 1:
-    _fail("probe.bootstrap", f"must be >= 1, got {config.probe.bootstrap!r}")
+  probe = config.get("probe")
+  if probe is None:
+    _fail("probe", "missing: loss 'ehr_jepa' reads probe.{at_end,tasks,bootstrap,iterations,batch} "
+          "(configs/ehr_jepa.py)")
+  for key in ("bootstrap", "iterations", "batch"):
+    if not (isinstance(probe[key], int) and probe[key] >= 1):
+      _fail(f"probe.{key}", f"must be an int >= 1, got {probe[key]!r}")
 
 
 registry.rule(check=check)(lambda config: None)

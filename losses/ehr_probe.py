@@ -144,11 +144,13 @@ def evaluate(x_NxD, y_N, subject_N, split_N, cfg_probe, seed):
   if np.isnan(auc):
     return None, "a single-class test set"
   lo, hi = linear_probe.bootstrap_ci(y_te, s_te, g_te, cfg_probe.bootstrap, seed)
+  if np.isnan(lo) or np.isnan(hi):
+    return None, "every bootstrap resample of the test subjects was single-class"
   return {"auroc": auc, "auroc_lo": lo, "auroc_hi": hi, "auprc": linear_probe.auprc(y_te, s_te), "n": int(len(y_te)),
           "positives": int(y_te.sum()), "protocol": protocol, "C": c}, None
 
 
-def run(config, model, windows, out_dir, tasks="all", step=None, write_files=True):
+def run(config, model, windows, out_dir, tasks="all", step=None, write_files=True, others=()):
   """Probes every (task, node) on `model`'s embeddings; prints the lines, writes probe.json/md/png under out_dir."""
   cfg_probe = config.probe
   labels = read_tasks(windows.directory / "labels", tasks, windows.record_of)
@@ -187,11 +189,11 @@ def run(config, model, windows, out_dir, tasks="all", step=None, write_files=Tru
   report = {"objective": objective, "step": step, "ctx_len": windows.ctx_len, "data": str(windows.directory),
             "bootstrap": cfg_probe.bootstrap, "results": results}
   if write_files:
-    write(report, pathlib.Path(out_dir))
+    write(report, pathlib.Path(out_dir), others)
   return {f"probe/{r['task']}/{r['node']}/auroc": r["auroc"] for r in results if r["encoder"] == "online"}
 
 
-def write(report, out_dir):
+def write(report, out_dir, others=()):
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
   lines = [f"# Linear probes: {report['objective']} (step {report['step']})", "",
@@ -203,11 +205,12 @@ def write(report, out_dir):
                  f"{r['auroc_hi']:.2f}] | {r['auprc']:.3f} | {r['n']} ({r['positives']}) | {r['protocol']} | "
                  f"{r['C']:g} |")
   (out_dir / "probe.md").write_text("\n".join(lines) + "\n")
-  plot(report, out_dir / "probe.png")
+  plot(report, out_dir / "probe.png", others)
 
 
-def plot(report, path):
-  """AUROC vs decision node, one panel per task, one line per encoder (online = the run's objective)."""
+def plot(report, path, others=()):
+  """AUROC vs decision node, one panel per task, one line per encoder (online = the run's objective); `others`:
+  reports of other runs (scripts/probe --compare) whose online rows are drawn too (one line per objective)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -225,6 +228,11 @@ def plot(report, path):
       ax.errorbar([r["node"] for r in rows], [r["auroc"] for r in rows],
                   yerr=[[r["auroc"] - r["auroc_lo"] for r in rows], [r["auroc_hi"] - r["auroc"] for r in rows]],
                   marker="o", capsize=3, label=label)
+    for other in others:
+      rows = [r for r in other["results"] if r["task"] == task and r["encoder"] == "online"]
+      if rows:
+        ax.plot([r["node"] for r in rows], [r["auroc"] for r in rows], marker="s", ls="--",
+                label=f"{other['objective']} (step {other['step']})")
     ax.axhline(0.5, color="grey", lw=0.5)
     ax.set(title=task, xlabel="decision node", ylabel="AUROC")
   axes[0][0].legend(fontsize=7)

@@ -1,6 +1,7 @@
 """scripts/probe: linear probes on a finished (or checkpointed) EHR world-model run (jepa_ehr.md §7, issue 14).
 
   scripts/probe --workdir runs/ehr-small --tasks all            # or --tasks long_term_slope,short_term
+  scripts/probe --workdir runs/ehr-small --compare runs/ehr-sft runs/ehr-curriculum   # objectives in one plot
 
 Restores the latest checkpoint's params and model state (the EMA target when the run has one; a run without JEPA
 state is probed too, labelled SFT-only), reads the labels of the run's prepared data (`data.path`, or the
@@ -8,6 +9,7 @@ preparer's <workdir>/data/prepared), prints one line per (task, node) and writes
 (default out: <workdir>/probe). Bad input: one line on stderr, exit 2, nothing written.
 """
 import argparse
+import json
 import pathlib
 import sys
 
@@ -25,6 +27,8 @@ def parse_args(argv):
   parser.add_argument("--workdir", required=True, type=pathlib.Path)
   parser.add_argument("--tasks", default="all", help="'all' or comma-separated label file names")
   parser.add_argument("--out", type=pathlib.Path, default=None, help="default: <workdir>/probe")
+  parser.add_argument("--compare", type=pathlib.Path, nargs="*", default=[], metavar="WORKDIR",
+                      help="other probed runs whose <workdir>/probe/probe.json join probe.png (one line per objective)")
   parser.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples (default: the run's probe key)")
   return parser.parse_args(argv)
 
@@ -63,6 +67,12 @@ def run(args) -> int:
     raise ProbeError(f"--workdir: the run's prepared data {data} is missing (data.path or <workdir>/data)")
   if not sorted((data / "labels").glob("*.parquet")):
     raise ProbeError(f"{data / 'labels'}: no label files to probe")
+  others = []
+  for other in args.compare:
+    path = other / "probe" / "probe.json"
+    if not path.is_file():
+      raise ProbeError(f"--compare: {path} not found (probe that run first)")
+    others.append(json.loads(path.read_text()))
   step = ckpt_lib.latest_step(workdir)
   if step is None:
     raise ProbeError(f"--workdir: {workdir}/checkpoints has no checkpoint")
@@ -82,7 +92,8 @@ def run(args) -> int:
     model = factory.model(variables["params"], variables["frozen"], variables["model_state"])
     if not hasattr(model, "target"):
       ehr_probe.note("the run has no JEPA state (no EMA target): probing it as SFT-only")
-    ehr_probe.run(config, model, windows, args.out or workdir / "probe", args.tasks, step=step)
+    ehr_probe.run(config, model, windows, args.out or workdir / "probe", args.tasks, step=step,
+                  others=others)
   return 0
 
 
