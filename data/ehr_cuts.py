@@ -67,17 +67,23 @@ def window(subject: Subject, ctx_end: int, fut_end: int, ctx_len: int, fut_len: 
   return row, len(ctx) - 1, len(ctx) + len(fut) - 1
 
 
-def row_fields(rows, pad_id):
+def row_fields(rows, pad_id, fut_len):
   """Train fields from (tokens [T], cut_idx, last_idx) rows: every non-pad token is an input; targets shift by
-  one; loss on targets inside x."""
+  one; loss on targets inside x. `fut_inputs` = <bos> ⊕ x_fut (padded to fut_len + 1) and `fut_last` its last
+  token serve the target option "fut_only_last" (§5)."""
   tokens_NxT = np.stack([r[0] for r in rows])
   n, t = tokens_NxT.shape
+  cut_N = np.asarray([r[1] for r in rows], np.int32)
   last_N = np.asarray([r[2] for r in rows], np.int32)
   targets_NxT = np.concatenate([tokens_NxT[:, 1:], np.full((n, 1), pad_id, np.int32)], axis=1)
   mask_NxT = (np.arange(t)[None] < last_N[:, None]).astype(np.float32)
+  fut_NxF = np.full((n, fut_len + 1), pad_id, np.int32)
+  for i, (tokens, cut, last) in enumerate(rows):
+    fut_NxF[i, 0] = tokens[0]
+    fut_NxF[i, 1:last - cut + 1] = tokens[cut + 1:last + 1]
   return {"inputs": tokens_NxT, "targets": targets_NxT, "loss_mask": mask_NxT,
           "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (n, t)).copy(),
-          "cut_idx": np.asarray([r[1] for r in rows], np.int32), "last_idx": last_N}
+          "cut_idx": cut_N, "last_idx": last_N, "fut_inputs": fut_NxF, "fut_last": last_N - cut_N}
 
 
 class CutRows:
@@ -103,7 +109,7 @@ class CutBatch:
 
   def __call__(self, batch_index: int):
     first = batch_index * self.global_batch_size
-    return row_fields([self.rows(first + int(r)) for r in self.local], self.rows.pad_id)
+    return row_fields([self.rows(first + int(r)) for r in self.local], self.rows.pad_id, self.rows.fut_len)
 
 
 class CutPointPipeline:

@@ -5,7 +5,7 @@ and data "ehr_cuts" (batches carry `cut_idx` and `last_idx` per row).
   L_SFT  : next-token CE over all non-pad positions (`loss.jepa.sft_on="future"`: future targets only)
   ẑ      = g_φ(z_ctx), z_ctx = online h[cut_idx] (causal: a function of the context alone)
   L_JEPA : mean over rows and dims of smooth_L1_β=1(ẑ, LN(z_tgt)), z_tgt = EMA target h[last_idx] (project default
-           target "ctx_fut_last"; loss options cosine, l1, mse)
+           target "ctx_fut_last"; "fut_only_last" runs f_ξ on <bos> ⊕ x_fut; loss options cosine, l1, mse)
   λ      : `loss.jepa.weight` (1.0); schedule "joint" or "curriculum" (λ = 0 before curriculum_fraction · train.steps)
 After every optimizer step the target moves: ξ ← m·ξ + (1−m)·θ, m linear from ema_start 0.996 to ema_end 1.0 over
 train.steps (I-JEPA; spec §5 "EMA"). With weight 0 (`:sft_only`) the target forward is skipped: the baseline has the
@@ -22,7 +22,7 @@ from tessera.models.layers import ModelState
 
 SCHEDULES = ("joint", "curriculum")
 LATENT_LOSSES = ("smooth_l1", "cosine", "l1", "mse")
-TARGETS = ("ctx_fut_last",)
+TARGETS = ("ctx_fut_last", "fut_only_last")
 SFT_ON = ("all", "future")
 BACKBONE = ("embed", "blocks", "final_norm", "unembed")  # the online encoder's params (the decoder's paths)
 
@@ -103,7 +103,10 @@ def make_loss_fn(config):
     metrics = {"sft_loss": sft, "tokens": tokens, **std_stats(z_hat_BxD, "z_hat"), **std_stats(z_ctx_BxD, "z_ctx")}
     loss = sft
     if uses_jepa:
-      z_tgt_BxD = gather_rows(model.target_hidden(inputs_BxT, batch.get("positions")), last_idx_B)
+      if cfg.target == "fut_only_last":  # f_ξ(<bos> ⊕ x_fut) at its last token
+        z_tgt_BxD = gather_rows(model.target_hidden(batch["fut_inputs"]), batch["fut_last"])
+      else:  # f_ξ(x) at last_idx: the state after observing the future (project default)
+        z_tgt_BxD = gather_rows(model.target_hidden(inputs_BxT, batch.get("positions")), last_idx_B)
       jepa = jnp.mean(latent_loss(cfg.loss, z_hat_BxD, z_tgt_BxD))
       lam = jepa_weight(cfg, train_steps, model.updates[...])
       loss = loss + jnp.where(lam > 0, lam * jepa, 0.0)  # exact zeros before a curriculum switch

@@ -54,6 +54,10 @@ def test_windows_respect_the_cut_and_horizon_and_keep_the_prefix(prepared):
     future_times = subject.times[ctx_end:ctx_end + n_fut]
     assert np.all(future_times > t_c) and np.all(future_times <= t_c + HORIZON_DAYS * ehr_cuts.DAY_US)
     assert np.all(tokens[last_idx + 1:] == p.pad_id)
+    fields = ehr_cuts.row_fields([(tokens, cut_idx, last_idx)], p.pad_id, FUT)
+    np.testing.assert_array_equal(fields["fut_inputs"][0, :n_fut + 1],
+                                  np.r_[tokens[0], tokens[cut_idx + 1:last_idx + 1]])
+    assert fields["fut_last"][0] == n_fut and fields["fut_inputs"].shape == (1, FUT + 1)
     truncated += ctx_end - subject.prefix > CTX - subject.prefix
   assert truncated > 0  # the prefix-keeping truncation was exercised
 
