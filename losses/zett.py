@@ -97,7 +97,7 @@ def build(config):
     stage = batch["stage"][0]
 
     def identity():
-      loss = identity_loss(model, surface_NxL, valid_N, pad_id)
+      loss = identity_loss(model, surface_NxL[:, :1], valid_N, pad_id)  # one piece per row: L = 1 is the same
       zero = jnp.zeros((), jnp.float32)
       return loss, {"loss_lm": zero, "loss_aux": zero, "tokens": zero, "single_piece_tokens": zero,
                     "bits_per_byte": zero, "tokens_per_byte": zero, "loss_identity": loss, "stage": stage * 1.0}

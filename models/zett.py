@@ -77,7 +77,7 @@ class ZettModel(nnx.Module):
     in_scale = INIT_RANGE / std_S
     in_shift = -mean_S * in_scale
     anchors = min(ANCHORS, self.n_src)
-    surface_AxL = jnp.full((anchors, self.maxlen), -1, jnp.int32).at[:, 0].set(jnp.arange(anchors))
+    surface_AxL = jnp.arange(anchors, dtype=jnp.int32)[:, None]  # one piece: L = 1 computes the same as padding
     raw_in, raw_out = self._raw(surface_AxL, in_scale, in_shift)
     out = []
     for raw, table in ((raw_in, self.e_in()), (raw_out, self.e_out())):
@@ -116,10 +116,13 @@ class ZettModel(nnx.Module):
     return self.hypernet(rows_NxLxS, mask_NxL)
 
   def predict(self, surface_NxL, pad_id, special_N=None):
-    """(Ê_in, Ê_out) [N, d] for new tokens given their surface forms (§3.1-3.9; residual variant §3.11)."""
+    """(Ê_in, Ê_out) [N, d] for new tokens given their surface forms (§3.1-3.9; residual variant §3.11).
+
+    Any L <= maxlen works: padding pieces are masked keys (weight exactly 0) and position 0 is what is pooled, so
+    single-piece rows can be passed as [N, 1] (the identity stage does: 7x less encoder work)."""
     in_scale, in_shift, oi_scale, oi_shift, oo_scale, oo_shift = self.rescalers()
-    pieces_NxL = jnp.where(jnp.arange(self.maxlen) == 0, surface_NxL, jnp.where(surface_NxL == pad_id, -1,
-                                                                                 surface_NxL))
+    pieces_NxL = jnp.where(jnp.arange(surface_NxL.shape[1]) == 0, surface_NxL,
+                           jnp.where(surface_NxL == pad_id, -1, surface_NxL))
     raw_in, raw_out = self._raw(pieces_NxL, in_scale, in_shift)
     e_in, e_out = raw_in * oi_scale + oi_shift, raw_out * oo_scale + oo_shift
     first_N = surface_NxL[:, 0]

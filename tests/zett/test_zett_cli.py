@@ -2,11 +2,12 @@
 (init.workdir + init.map). Acceptance check 4 (the LM bit-identical after training, only the hypernetwork and the
 fallback rows change) and check 2's "rescalers bit-identical after training"; the identity stage comes first."""
 import json
+import subprocess
 
 import numpy as np
 import pytest
 
-from tessera_testing import run_cli
+from tessera_testing import ROOT, run_cli
 from zett_helpers import restore
 
 STEPS = 8
@@ -51,3 +52,57 @@ def test_identity_stage_then_lm_loss_with_bits_per_byte(runs):
   summary = json.loads((zett / "summary.json").read_text())
   assert np.isfinite(summary["eval_loss"])
   assert json.loads((zett / "init.json").read_text())["unused_source"] == []
+
+
+def _transfer_main():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("transfer_tokenizer", ROOT / "scripts" / "transfer_tokenizer.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.main
+
+
+@pytest.fixture(scope="module")
+def target_tokenizer(runs):
+  from tessera.data import text_tokenizer, zett_corpus
+  path = runs[1].parent / "code_bpe.json"
+  code = [d.text for d in zett_corpus.train_docs() if not zett_corpus.is_prose(d)][:5]
+  text_tokenizer.train("bpe", code, 400).save(str(path))
+  return path
+
+
+def test_transfer_writes_a_normal_run_that_evaluates(runs, target_tokenizer):
+  _, zett = runs
+  out = zett.parent / "newtok"
+  result = subprocess.run(["scripts/transfer_tokenizer", "--workdir", str(zett), "--tokenizer",
+                           str(target_tokenizer), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary["vocab_size"] == 400 and summary["special_rows"] == 1
+  config = json.loads((out / "config.json").read_text())
+  assert config["model"]["name"] == "decoder" and config["model"]["vocab_size"] == 400
+  assert (out / "tokenizer.json").is_file() and (out / "data" / "stats.json").is_file()
+  evaluated = subprocess.run(["scripts/eval", "--workdir", str(out), "--batches", "1"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+  assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+  assert np.isfinite(json.loads(evaluated.stdout.strip().splitlines()[-1])["eval_loss"])
+
+
+@pytest.mark.parametrize("case", ["not_json", "too_large", "not_zett", "out_exists"])
+def test_transfer_bad_input_is_one_line_exit_2_nothing_written(runs, target_tokenizer, tmp_path, case, capsys):
+  base, zett = runs
+  bad = tmp_path / "bad.json"
+  bad.write_text("{not a tokenizer")
+  out = tmp_path / "out"
+  argv = {"not_json": ["--workdir", str(zett), "--tokenizer", str(bad)],
+          "too_large": ["--workdir", str(zett), "--tokenizer", str(target_tokenizer), "--vocab-size", "128"],
+          "not_zett": ["--workdir", str(base), "--tokenizer", str(target_tokenizer)],
+          "out_exists": ["--workdir", str(zett), "--tokenizer", str(target_tokenizer)]}[case]
+  if case == "out_exists":
+    out.mkdir()
+  before = sorted(p.name for p in tmp_path.iterdir())
+  assert _transfer_main()(argv + ["--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and len(err.splitlines()) == 1
+  assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -52,6 +52,7 @@ def everything(m):
   exact_in, exact_out = a_in.at[0].set(m.e_in()[4]), a_out.at[0].set(m.e_out()[4])
   out["aux_exact"] = zett_loss.aux_loss(m, AUX_SURFACE, AUX_VALID, AUX_SPECIAL, exact_in, exact_out, PAD)
   out["first50"] = m.predict(single_ids(np.arange(50)), PAD)[0]
+  out["first50_l1"] = m.predict(single_ids(np.arange(50))[:, :1], PAD)[0]
   return out
 
 
@@ -114,6 +115,10 @@ def test_residual_variant_starts_near_the_first_piece_embedding(model, out):
   assert rel < 0.5
   plain = np.linalg.norm(out["first50"] - model.e_in()[:50]) / np.linalg.norm(model.e_in()[:50])
   assert plain > 2 * rel  # non-residual at init: unrelated vectors with the right statistics
+
+
+def test_single_piece_rows_at_length_1_equal_the_padded_length_7(out):
+  np.testing.assert_allclose(out["first50_l1"], out["first50"], rtol=1e-5, atol=1e-6)
 
 
 def test_aux_loss_counts_only_single_piece_tokens(out):
