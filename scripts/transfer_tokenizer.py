@@ -43,6 +43,9 @@ def parse(argv):
   p.add_argument("--workdir", required=True, help="a trained ZeTT run (model.name 'zett')")
   p.add_argument("--tokenizer", required=True, help="the target tokenizer.json (Hugging Face tokenizers format)")
   p.add_argument("--out", required=True, help="the new run directory (must not exist)")
+  p.add_argument("--method", default="hypernet", choices=("hypernet", "fvt", "lexical", "random"),
+                 help="how the new rows are made: the hypernetwork (default) or a baseline (tessera.models."
+                      "zett_baselines), for comparisons that start from the same LM")
   p.add_argument("--vocab-size", type=int, default=0,
                  help="the output LM's vocabulary rows (0: the target's size); a larger target is refused")
   return p.parse_args(argv)
@@ -93,6 +96,20 @@ def predict_tables(model, arrays, pad_id):
   return np.where(keep, e_in, 0.0), np.where(keep, e_out, 0.0)
 
 
+def tables(method, model, forms, old, target, arrays, seed=0):
+  """(Ê_in, Ê_out) numpy [V, d] for `target` by `method` (the hypernetwork or a zett_baselines heuristic)."""
+  if method == "hypernet":
+    return predict_tables(model, arrays, forms.pad_id)
+  from tessera.models import zett_baselines
+  e_in, e_out = np.asarray(model.e_in()), np.asarray(model.e_out())
+  vocab = target.get_vocab(with_added_tokens=True)
+  if method == "fvt":
+    return zett_baselines.fvt(forms, vocab, arrays, e_in, e_out)
+  if method == "lexical":
+    return zett_baselines.lexical(old.get_vocab(with_added_tokens=True), vocab, arrays, e_in, e_out, seed)
+  return zett_baselines.random_init(arrays, e_in, e_out, seed)
+
+
 def decoder_config(zett_config, vocab_size, data_dir):
   """The zett run's LM as a plain decoder run over `data_dir` (prepared with the new tokenizer)."""
   value = config_loader.to_dict(zett_config)
@@ -129,7 +146,7 @@ def transfer(args):
   arrays = forms.arrays(target, vocab_size)
   with factory.context():
     model = factory.model(variables["params"], variables["frozen"], variables["model_state"])
-    e_in, e_out = predict_tables(model, arrays, forms.pad_id)
+    e_in, e_out = tables(args.method, model, forms, old, target, arrays)
   params = factory.all_params(jax.device_get(variables["params"]), jax.device_get(variables["frozen"]))
   lm = jax.tree.map(np.asarray, params["lm"])
   lm["embed"] = e_in.astype(lm["embed"].dtype)
@@ -149,7 +166,8 @@ def transfer(args):
     new_factory = state_lib.StateFactory(new_config, mesh_lib.make_mesh(new_config))
     transform_run.save_params(tmp, new_factory, step, jax.device_put(lm, new_factory.all_params(
         new_factory.param_shardings, new_factory.frozen_shardings)))
-    summary = {"source": str(source), "step": step, "tokenizer": str(args.tokenizer), "vocab_size": vocab_size,
+    summary = {"source": str(source), "step": step, "tokenizer": str(args.tokenizer), "method": args.method,
+               "vocab_size": vocab_size,
                "target_tokens": size, "special_rows": int((arrays.special_N >= 0).sum()),
                "single_piece_tokens": int(((arrays.surface_NxL[:, 1:] == forms.pad_id).all(1)
                                            & arrays.valid_N).sum())}

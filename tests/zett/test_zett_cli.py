@@ -106,3 +106,22 @@ def test_transfer_bad_input_is_one_line_exit_2_nothing_written(runs, target_toke
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and len(err.splitlines()) == 1
   assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_eval_tokenizer_transfer_reports_every_method_and_resumes(runs, target_tokenizer, tmp_path):
+  _, zett = runs
+  results = tmp_path / "zett.md"
+  args = ["scripts/eval_tokenizer_transfer", "--workdir", str(zett), "--tokenizers", str(target_tokenizer),
+          "--continue-steps", "0", "--max-chars", "3000", "--out-dir", str(tmp_path), "--results", str(results)]
+  first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-2000:]
+  stored = json.loads((tmp_path / "results.json").read_text())
+  methods = stored["zero_shot"][target_tokenizer.stem]
+  assert sorted(methods) == ["fvt", "hypernet", "lexical", "random"]
+  for r in [stored["original"], *methods.values()]:
+    for domain in ("prose", "code"):
+      assert 0 < r[domain]["bits_per_byte"] < 30 and 0 < r[domain]["tokens_per_byte"] <= 1
+  assert "| code_bpe | " in results.read_text() and "T_old (original)" in results.read_text()
+  again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)  # nothing left to measure
+  assert again.returncode == 0 and "hypernet:" not in again.stderr
+  assert json.loads((tmp_path / "results.json").read_text())["zero_shot"] == stored["zero_shot"]
