@@ -68,7 +68,7 @@ def check(config, args):
   """Lower and compile the real train step on abstract inputs; memory_analysis() is per device."""
   import jax
   from jax.sharding import AxisType
-  from tessera.trainer import loop, mesh as mesh_lib, state as state_lib, step as step_lib, validate
+  from tessera.trainer import loop, memory_check, mesh as mesh_lib, state as state_lib, step as step_lib, validate
 
   pipeline = loop.build_pipeline(config)
   loop.resolve_vocab_size(config, pipeline.vocab_size)
@@ -92,9 +92,7 @@ def check(config, args):
   with factory.context():
     compiled = train_step.lower(factory.abstract_state(), batch).compile()
   m = compiled.memory_analysis()
-  # The state is donated: its output aliases its input, so arguments + outputs - aliased + temporaries is the peak.
-  peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
-          + m.generated_code_size_in_bytes)
+  peak = memory_check.peak_bytes(m)  # the state is donated: arguments + outputs - aliased + temporaries + code
   return {
       "devices": len(devices), "mesh": {a: sizes[a] for a in mesh_lib.AXES},
       "arguments_gb": m.argument_size_in_bytes / GB, "outputs_gb": m.output_size_in_bytes / GB,
