@@ -93,3 +93,11 @@ def test_missing_init_workdir_is_one_line_exit_2(tmp_path):
   assert result.returncode == 2, result.stderr[-2000:]
   assert "'init.workdir'" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_sample_with_the_trimkv_cache(gate_run):
+  """scripts/sample --kv-policy trimkv: the gated run generates through the bounded TRIM-KV cache."""
+  result = run_cli("sample", "--workdir", gate_run, "--kv-policy", "trimkv", "--kv-budget", "16", "--kv-buffer", "8",
+                   "--prompt", "def f(x): return x", "--max-new-tokens", "40")
+  assert "kv trimkv M=16 capacity=24" in result.stderr
+  assert result.stdout.startswith("def f(x): return x")
