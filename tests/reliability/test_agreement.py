@@ -19,14 +19,15 @@ ARGS = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.checkpoint.eve
         "--config.sample.max_new_tokens=2", "--config.train.steps=400")
 
 
-def start(workdir, extra_env=None):
+def start(workdir, extra_env=None, extra_args=()):
   coordinator = f"127.0.0.1:{portpicker.pick_unused_port()}"
   procs = []
   for i in range(2):
     env = {**os.environ, "TESSERA_COORDINATOR": coordinator, "TESSERA_NUM_PROCESSES": "2",
            "TESSERA_PROCESS_ID": str(i), "TESSERA_HEARTBEAT_TIMEOUT": str(HEARTBEAT), "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    procs.append(subprocess.Popen([sys.executable, "-m", "tessera.trainer", *TINY, "--workdir", str(workdir), *ARGS],
+    procs.append(subprocess.Popen([sys.executable, "-m", "tessera.trainer", *TINY, "--workdir", str(workdir), *ARGS,
+                                   *extra_args],
                                   cwd=ROOT, env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
   return procs
 
@@ -67,8 +68,10 @@ def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_dead_peer_ends_the_survivor_within_heartbeat_plus_10s_naming_it(tmp_path):
-  procs = start(tmp_path / "w")
+@pytest.mark.parametrize("saves", [[], ["--config.checkpoint.every_steps=1"]], ids=["stepping", "saving_every_step"])
+def test_dead_peer_ends_the_survivor_within_heartbeat_plus_10s_naming_it(tmp_path, saves):
+  """Also while the survivor sits in Orbax's save barriers (every step saves): the heartbeat still ends it."""
+  procs = start(tmp_path / "w", extra_args=saves)
   survivor, victim = procs
   seen = []
   try:
