@@ -90,7 +90,8 @@ class PreparedPipeline:
     self.stats = read_json(self.directory / STATS_FILE)
     missing = [k for k in STATS_KEYS if k not in self.stats]
     if missing:
-      raise ValueError(f"{self.directory / STATS_FILE}: no {missing[0]!r} (not written by a prepare command; re-run it)")
+      raise ValueError(f"{self.directory / STATS_FILE}: no {missing[0]!r} (not written by a prepare command; "
+                       "re-run it)")
     self.tokenizer = load_tokenizer(self.directory, self.stats)
     self.vocab_size = self.tokenizer.vocab_size
     self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed

@@ -29,7 +29,8 @@ def budget_bytes(config, device=None):
     return config.train.memory_budget_gb * GB, "train.memory_budget_gb"
   if device.platform == "cpu":
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return CPU_FRACTION * ram / jax.local_device_count(), f"80% of {ram / GB:.1f} GB RAM over {jax.local_device_count()} devices"
+    devices = jax.local_device_count()
+    return CPU_FRACTION * ram / devices, f"80% of {ram / GB:.1f} GB RAM over {devices} devices"
   limit = (device.memory_stats() or {}).get("bytes_limit")
   if not limit:
     return None, "unknown"
