@@ -25,8 +25,9 @@ def build(arg="small"):
   c.model.update(dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff))
   c.train.update(dict(batch_size=batch, seq_len=seq_len, steps=steps))
   c.eval.every_steps = max(steps // 4, 1)
-  if arg == "base":
-    c.model.update(dict(vocab_size=32768, dtype="bfloat16", remat="dots", scan_layers=True))
+  if arg == "base":  # a 32k BPE of the embedded corpus, prepared once and cached (or your own data.path)
+    c.model.update(dict(dtype="bfloat16", remat="dots", scan_layers=True))
+    c.data.update(dict(name="embedded_bpe", bpe_vocab_size=32768, cache_dir="", max_docs=0))
     c.optim.lr = 3e-4
   gg.add_keys(c)
   return c

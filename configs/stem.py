@@ -20,7 +20,7 @@ _VARIANTS = {
     # name: (d_model, n_layers, n_heads, d_ff, vocab_size (0: tokenizer's), seq_len, batch, steps, lr,
     #        warmup as a fraction of train.steps)
     "small": (128, 4, 4, 384, 0, 256, 16, 2000, 3e-3, 0.05),
-    "base": (512, 8, 8, 1536, 32768, 1024, 64, 20000, 3e-4, 0.1),
+    "base": (512, 8, 8, 1536, 0, 1024, 64, 20000, 3e-4, 0.1),
 }
 STEM_LAYERS = {"small": [1, 3], "base": [1, 3, 5, 7]}
 
@@ -59,7 +59,8 @@ def build(arg="small"):
   c.eval.update(dict(every_steps=100, batches=8))
   c.sample.prompt = "The "
   if base_arg == "base":  # the official stem_debug optimizer settings (spec §6, project default at scale)
-    c.model.dtype = "bfloat16"
+    c.model.dtype = "bfloat16"  # on a 32k BPE of the embedded corpus (prepared once, cached), or data.path
+    c.data.update(dict(name="embedded_bpe", bpe_vocab_size=32768, cache_dir="", max_docs=0))
     c.optim.update(dict(lr_min_ratio=1e-6, clip=10.0, groups=[{"pattern": "stem_table", "clip": 10.0}]))
     c.eval.every_steps = 1000
   return c

@@ -104,7 +104,7 @@ class Run:
     if self.latest is None:
       workdir_lib.check_fresh(self.workdir)
     self.data = build_pipeline(c, self.workdir)
-    resolve_vocab_size(c, self.data.vocab_size)
+    resolve_vocab_size(c, self.data.vocab_size, inherited=self.latest is not None)
     self.config_dict = config_loader.to_dict(c)
     self.changes = workdir_lib.check_resume(self.workdir, self.config_dict) if self.latest is not None else {}
     validate.validate(c, jax.device_count())
@@ -404,16 +404,22 @@ def prepare_data(prepare, c, workdir):
   return target
 
 
-def resolve_vocab_size(c, tokenizer_vocab):
+def resolve_vocab_size(c, tokenizer_vocab, inherited=False):
   """model.vocab_size=0 takes the tokenizer's size padded to a multiple of 128. An explicit size must agree with
-  the tokenizer: equal to it, or a padding of it to a multiple of 128."""
+  the tokenizer: equal to it, or its padding to a multiple of 128 (fewer than 128 rows above it: a vocabulary table
+  far larger than the tokenizer trains rows no token reaches). `inherited`: the size comes from a saved run's
+  config (a resumed or imported checkpoint) and only has to cover the tokenizer."""
   explicit = c.model.vocab_size
   if explicit == 0:
     with c.unlocked():
       c.model.vocab_size = -(-tokenizer_vocab // 128) * 128
-  elif explicit < tokenizer_vocab or (explicit != tokenizer_vocab and explicit % 128):
+  elif explicit < tokenizer_vocab or (not inherited and explicit != tokenizer_vocab and explicit % 128):
     raise ConfigError(f"config key 'model.vocab_size': {explicit} disagrees with the tokenizer's vocabulary "
                       f"({tokenizer_vocab}); use 0 (derive it), {tokenizer_vocab} or a multiple of 128 above it")
+  elif not inherited and explicit - tokenizer_vocab >= 128:
+    raise ConfigError(f"config key 'model.vocab_size': {explicit} is {explicit - tokenizer_vocab} rows above the "
+                      f"tokenizer's vocabulary ({tokenizer_vocab}), rows no token ever trains; use 0 (derive it) or "
+                      f"data of that vocabulary (data.path, or data.name=embedded_bpe with data.bpe_vocab_size)")
 
 
 def _registered(registry, name):

@@ -134,6 +134,11 @@ def test_trainer_takes_vocab_from_the_prepared_directory(data_dir, tmp_path):
   with pytest.raises(ConfigError, match="disagrees with the tokenizer.s vocabulary"):
     loop.resolve_vocab_size(c, data.vocab_size)
   with c.unlocked():
+    c.model.vocab_size = 32768  # a multiple of 128, but 32,511 rows no token reaches
+  with pytest.raises(ConfigError, match="config key 'model.vocab_size': 32768 is 32511 rows above"):
+    loop.resolve_vocab_size(c, data.vocab_size)
+  loop.resolve_vocab_size(c, data.vocab_size, inherited=True)  # a resumed or imported run keeps its size
+  with c.unlocked():
     c.data.path = str(tmp_path / "missing")
   with pytest.raises(ConfigError, match="has no stats.json"):
     loop.build_pipeline(c)
