@@ -136,7 +136,7 @@ def evaluate(x_NxD, y_N, subject_N, split_N, cfg_probe, seed):
                                                       x_NxD[test])
       _, c = linear_probe.select_and_fit(x_in, y_N[train][~inner], x_val, y_N[train][inner],
                                          iterations=cfg_probe.iterations)
-      theta = linear_probe.fit_logistic(x_tr, y_N[train], (c,), cfg_probe.iterations)[0]
+      theta = linear_probe.fit_logistic(x_tr, y_N[train], iterations=cfg_probe.iterations)[linear_probe.CS.index(c)]
       s_te[test] = linear_probe.scores(theta, x_test)
       cs.append(c)
     y_te, g_te, protocol, c = y_N, subject_N, "5-fold grouped CV (pooled)", float(np.median(cs))

@@ -1,6 +1,6 @@
 """Linear probes and their metrics (jepa_ehr.md §7): L2 logistic regression in JAX (full-batch L-BFGS via
-`optax.lbfgs`, 500 iterations, one fit per C vmapped), AUROC / AUPRC with sample weights, subject-level bootstrap
-CIs (single-class resamples redrawn), and stratified subject-grouped folds.
+`optax.lbfgs`, up to 500 iterations with a gradient-norm stop, one fit per C vmapped), AUROC / AUPRC with sample
+weights, subject-level bootstrap CIs (single-class resamples redrawn), and stratified subject-grouped folds.
 """
 import functools
 
@@ -12,13 +12,16 @@ import optax
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # spec §7
 
 
-def _bucket(n):
-  """Rows padded (weight 0) to a power of two >= 64: one compile serves many task/node sizes."""
-  return max(64, 1 << (int(n) - 1).bit_length())
+def _bucket(n, least):
+  """Padded size: a power of two >= `least`. Rows pad with weight 0, features with zero columns (their weights
+  stay 0 under L2), so one compile serves every task, node and feature set of a run."""
+  return max(least, 1 << (int(n) - 1).bit_length())
 
 
 @functools.partial(jax.jit, static_argnames=("iterations",))
-def _fit(x_NxD, y_N, w_N, cs_C, iterations):
+def _fit(x_NxD, y_N, w_N, cs_C, iterations, tol=1e-5):
+  """L-BFGS per C, at most `iterations` steps, stopping once the gradient norm is below `tol` (the objective is a
+  mean: O(1)); under vmap every C runs until the slowest has stopped."""
   n_eff = jnp.maximum(jnp.sum(w_N), 1.0)
 
   def fit_one(c):
@@ -30,14 +33,18 @@ def _fit(x_NxD, y_N, w_N, cs_C, iterations):
     opt = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(objective)
 
-    def step(carry, _):
-      theta, state = carry
+    def cond(carry):
+      _, _, i, grad_norm = carry
+      return (i < iterations) & (grad_norm > tol)
+
+    def step(carry):
+      theta, state, i, _ = carry
       value, grad = value_and_grad(theta, state=state)
       updates, state = opt.update(grad, state, theta, value=value, grad=grad, value_fn=objective)
-      return (optax.apply_updates(theta, updates), state), None
+      return optax.apply_updates(theta, updates), state, i + 1, jnp.linalg.norm(grad)
 
     theta0 = jnp.zeros(x_NxD.shape[1] + 1, jnp.float32)
-    (theta, _), _ = jax.lax.scan(step, (theta0, opt.init(theta0)), None, length=iterations)
+    theta, _, _, _ = jax.lax.while_loop(cond, step, (theta0, opt.init(theta0), 0, jnp.float32(jnp.inf)))
     return theta
 
   return jax.vmap(fit_one)(cs_C)
@@ -46,12 +53,13 @@ def _fit(x_NxD, y_N, w_N, cs_C, iterations):
 def fit_logistic(x_NxD, y_N, cs=CS, iterations=500):
   """[C, D + 1] weights (last = bias), one L2 logistic regression per C, fp32."""
   n, d = x_NxD.shape
-  size = _bucket(n)
-  x = np.zeros((size, d), np.float32)
-  x[:n] = x_NxD
+  size, width = _bucket(n, 1024), _bucket(d, 64)
+  x = np.zeros((size, width), np.float32)
+  x[:n, :d] = x_NxD
   y, w = np.zeros(size, np.float32), np.zeros(size, np.float32)
   y[:n], w[:n] = y_N, 1.0
-  return np.asarray(_fit(x, y, w, jnp.asarray(cs, jnp.float32), iterations))
+  theta_CxW1 = np.asarray(_fit(x, y, w, jnp.asarray(cs, jnp.float32), iterations))
+  return np.concatenate([theta_CxW1[:, :d], theta_CxW1[:, -1:]], axis=1)
 
 
 def scores(theta_CxD1, x_NxD):
