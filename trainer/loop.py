@@ -161,7 +161,7 @@ class Run:
     self.eval_step = step_lib.make_eval_step(self.factory)
     self.eval_batches = [self.global_batch(b) for b in self.data.eval_batches(c.eval.batches, self.rows)]
     batches = self.data.train_batches(self.position["next_batch"], self.rows)
-    self.progress = metrics_lib.Progress(c.train.steps, self.start, max(c.train.steps // 20, 1))
+    self.progress = metrics_lib.Progress(c.train.steps, self.start, c.train.log_every_steps)
     self.clock, self.pending, self.last_save_time = Clock(), None, time.perf_counter()
     self.agreement = None
     if jax.process_count() > 1:  # clock and signal decisions agreed across processes (single process: none)
@@ -182,6 +182,7 @@ class Run:
             self._report_pending()
             self._save(step, state)
           if self._eval_due(step):
+            self._report_pending()  # before eval: its wait on the device would otherwise hide this step's time
             self._evaluate(step, state)
           if stop:
             cause = f"signal {signals.received[0]}" if signals.received else "a signal to another process"
@@ -192,13 +193,12 @@ class Run:
         self._recover_last_metrics()
         self._evaluate(self.start, state)
     except BaseException:
+      self.progress.close()
       self.writer.close()  # syncs metrics.jsonl: every reported step stays on disk
       raise
     finally:
       self.ckpt.close()
-    if self.summary["train_loss"] is not None:
-      self.progress.update(self.summary["step"], self.summary["train_loss"],
-                           self.summary["tokens_per_second"] or 0.0, force=True)
+    self.progress.close()
     self._finish(state)
     return self.summary
 
@@ -241,9 +241,10 @@ class Run:
                          self.start)
     counts = model_accounting(self.factory, c)
     self.flops_per_token = counts["train_flops_per_token"]
-    self.peak = metrics_lib.peak_flops_per_device(c.model.dtype)
+    self.peak, peak_source = metrics_lib.peak_flops_per_device(c.model.dtype)
     log(f"{jax.device_count()} devices, mesh {dict(self.mesh.shape)}; " + ", ".join(
-        f"{k} {v:,.0f}" for k, v in counts.items()) + f"; peak {self.peak / 1e9:.1f} GFLOP/s/device")
+        f"{k} {v:,.0f}" for k, v in counts.items()))
+    log(f"peak {self.peak / 1e9:.1f} GFLOP/s/device ({peak_source})")
     self.writer.text("accounting", "\n".join(f"{k}: {v:,.0f}" for k, v in counts.items()), self.start)
 
   def global_batch(self, local):
@@ -272,13 +273,14 @@ class Run:
     self.step_times[step] = step_time
     tps = self.config.train.batch_size * self.config.train.seq_len / step_time
     values.update(step_time=step_time, tokens_per_second=tps,
+                  tokens_per_second_per_device=tps / jax.device_count(),
                   tflops_per_device=self.flops_per_token * tps / jax.device_count() / 1e12,
                   mfu=self.flops_per_token * tps / (self.peak * jax.device_count()))
     memory = metrics_lib.device_memory_gb()
     if memory is not None:
       values["memory_gb"] = memory
     self.writer.scalars(step, values, "train")
-    self.progress.update(step, values["loss"], tps)
+    self.progress.update(step, values)
     self.summary.update(step=step, train_loss=values["loss"], tokens_per_second=tps, mfu=values["mfu"])
 
   def _recover_last_metrics(self):

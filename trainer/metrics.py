@@ -7,9 +7,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
+
+from tessera.trainer import cpu_peak
+from tessera.trainer.progress import Progress  # noqa: F401  (the console line lives beside the scalars)
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets); fp32 compute on these is not what MFU is quoted against.
 PEAK_FLOPS = {
@@ -20,26 +22,15 @@ PEAK_FLOPS = {
 
 
 def peak_flops_per_device(dtype):
-  """Table lookup by device kind. On CPU, the best of an fp32 and a compute-dtype matmul measured at start-up (a CPU
-  without native bf16 runs bf16 matmuls slower than fp32; its peak is still the fp32 one), shared by fake devices."""
+  """(peak FLOP/s per device, where it came from). Table lookup by device kind; on CPU the best of an fp32 and a
+  compute-dtype matmul (a CPU without native bf16 runs bf16 slower than fp32; its peak is still the fp32 one),
+  measured once per CPU model and cached (tessera.trainer.cpu_peak), shared by fake devices."""
   device = jax.local_devices()[0]
   for kind, flops in PEAK_FLOPS.items():
     if device.device_kind.startswith(kind):
-      return flops
-  peak = max(measure_cpu_matmul_peak(d) for d in {"float32", dtype})
-  return peak / jax.local_device_count()
-
-
-def measure_cpu_matmul_peak(dtype, n=1024, repeats=5):
-  a = jnp.ones((n, n), dtype)
-  matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32), device=jax.local_devices()[0])
-  matmul(a, a).block_until_ready()
-  best = math.inf
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a, a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n**3 / best
+      return flops, f"datasheet bf16 peak of {kind}"
+  peak, how = cpu_peak.peak(sorted({"float32", dtype}))
+  return peak / jax.local_device_count(), how
 
 
 def device_memory_gb():
@@ -237,23 +228,3 @@ def _records(path):
 
 def is_finite(metrics):
   return all(np.isfinite(v) for v in metrics.values())
-
-
-class Progress:
-  """One line per report: step, loss, tokens/s, ETA; redrawn in place on a terminal."""
-
-  def __init__(self, total_steps, start_step, every):
-    self.total, self.every = total_steps, every
-    self.tty = sys.stderr.isatty()
-    self.start_time, self.start_step = time.perf_counter(), start_step
-
-  def update(self, step, loss, tokens_per_second, force=False):
-    if jax.process_index() != 0 or not (force or self.tty or step % self.every == 0):
-      return
-    elapsed = time.perf_counter() - self.start_time
-    rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
-    eta = (self.total - step) / rate if rate > 0 else 0.0
-    line = (f"step {step}/{self.total} | loss {loss:.4f} | {tokens_per_second / 1e3:.1f}k tok/s | "
-            f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
-    end = "" if self.tty and not force and step < self.total else "\n"
-    print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)

@@ -51,7 +51,7 @@ def mesh_shape(config, device_count=None):
 def validate(config, device_count=None):
   """Raises ConfigError for the first problem found. With device_count, also checks mesh arithmetic."""
   t = config.train
-  for key in ("steps", "batch_size", "seq_len", "microbatches"):
+  for key in ("steps", "batch_size", "seq_len", "microbatches", "log_every_steps"):
     _check(isinstance(t[key], int) and t[key] >= 1, f"train.{key}", f"must be a positive int, got {t[key]!r}")
   _check(t.batch_size % t.microbatches == 0, "train.batch_size",
          f"{t.batch_size} is not divisible by train.microbatches={t.microbatches}")
