@@ -1,8 +1,8 @@
 """Continued training of a transferred run (ZeTT's n-shot step, zett.md §6): the run's own config.json as a config.
 
   scripts/transfer_tokenizer --workdir runs/zett --tokenizer NEW.json --out runs/newtok
-  scripts/train --config configs/zett_continue.py:runs/newtok --init-from runs/newtok --workdir runs/newtok_500 \
-      --config.train.steps=500
+  scripts/train --config configs/zett_continue.py:runs/newtok --workdir runs/newtok_500 \
+      --config.init.workdir=runs/newtok --config.init.strict=True     # (= --init-from, and resumable as is)
 
 The argument is the transferred run's directory; its config.json (a plain decoder over data prepared with the new
 tokenizer) is loaded as is, so every override works on it. Defaults for continuing: 500 steps, warmup 5%, lr 5e-4.

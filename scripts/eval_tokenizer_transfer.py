@@ -10,8 +10,8 @@ held-out targets (code-only BPE 4096, prose-only Unigram 4096, mix Unigram 12000
 
 Resumable: every measured number is stored in `--out-dir` (default <workdir>/transfer_eval/results.json) as soon as
 it exists and never recomputed; runs it trains are ordinary tessera runs (resumed by the trainer). Writes
-`--results` (markdown, default docs/results/zett.md) and a PNG of bits/byte vs continued-training steps beside it,
-with the CPU time (this process and its children) spent so far. Exit 2 with one line for bad input.
+`--results` (markdown, default docs/results/zett.md), its numbers as JSON and a PNG of bits/byte vs
+continued-training steps beside it, with the CPU time (this process and its children) spent so far. Exit 2 with one line for bad input.
 """
 import argparse
 import json
@@ -188,8 +188,8 @@ def continued(ev, store, workdir, targets, out_dir, steps):
         run_cmd([ROOT / "scripts" / "transfer_tokenizer", "--workdir", workdir, "--tokenizer", path, "--out",
                  transferred, "--method", method])
       trained = out_dir / f"{path.stem}_{method}_train"
-      run_cmd([ROOT / "scripts" / "train", "--config", f"configs/zett_continue.py:{transferred}", "--init-from",
-               transferred, "--workdir", trained, f"--config.train.steps={steps}",
+      run_cmd([ROOT / "scripts" / "train", "--config", f"configs/zett_continue.py:{transferred}", "--workdir", trained,
+               f"--config.init.workdir={transferred}", "--config.init.strict=True", f"--config.train.steps={steps}",
                f"--config.checkpoint.every_steps={every}", f"--config.checkpoint.max_to_keep={steps // every + 1}"])
       for step in [0] + list(range(every, steps + 1, every)):
         if store.get("continued", path.stem, method, str(step)) is not None:
@@ -343,6 +343,7 @@ def main(argv=None):
   store.put(cpu, "cpu_seconds")
   results = pathlib.Path(args.results)
   write_markdown(store, results, cpu)
+  results.with_suffix(".json").write_text(json.dumps(store.data, indent=1, sort_keys=True))  # tests read this
   plot(store, results.with_suffix(".png"))
   print(json.dumps({"results": str(results), "cpu_hours": cpu / 3600, "at": time.strftime("%H:%M")}))
   return 0

@@ -5,8 +5,8 @@ normal tessera run: config.json (model "decoder" with vocab_size = the target's 
 checkpoints/<step>/ holding the frozen LM's params with embed <- Ê_in and unembed <- Ê_outᵀ, tokenizer.json, and
 data/ (the ZeTT train split prepared with the new tokenizer: the run's own tokenizer drives its text pipeline).
 `scripts/eval --workdir OUT` and `scripts/sample --workdir OUT` then read it like any run; continued training (the
-paper's n-shot) is `scripts/train --config OUT/config.json --init-from OUT --workdir NEXT` (the checkpoint holds
-params only, no optimizer state, as scripts/quantize's outputs).
+paper's n-shot) is `scripts/train --config configs/zett_continue.py:OUT --init-from OUT --workdir NEXT` (the
+checkpoint holds params only, no optimizer state, as scripts/quantize's outputs).
 A target without special tokens gets `<eos>` (prepared tokenizers do the same); it maps to the old eos and takes
 the original embeddings (§3.9). Exit 2 with one line, nothing written: a file that is not a `tokenizers` JSON, a
 target vocabulary larger than `--vocab-size`, a `--workdir` that is not a ZeTT run, an existing `--out`.
