@@ -52,7 +52,11 @@ def base_config():
       name="decoder", vocab_size=0, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=0,
       d_ff=512, rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True, dtype="float32",
       param_dtype="float32", remat="none", scan_layers=False, attention_impl="xla", init="normal",
-      init_std=0.02))
+      init_std=0.02,
+      # Hugging Face architectures (docs/interop.md); the defaults are the plain decoder. qk_norm: Qwen3's per-head
+      # RMSNorm of q and k; attn_bias: q/k/v/o biases; rope_scaling: none|linear|llama3 with its factors.
+      qk_norm=False, attn_bias=False, rope_scaling="none", rope_factor=1.0, rope_low_freq_factor=1.0,
+      rope_high_freq_factor=4.0, rope_original_max_len=8192))
   c.loss = ml_collections.ConfigDict(dict(name="next_token"))
   c.data = ml_collections.ConfigDict(dict(name="embedded", path="", workers=0, prefetch=4))
   # init.workdir: load another run's latest params into the matching part of this model (init.map: a list of

@@ -75,29 +75,67 @@ def attend_cached(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, positions_BxT, cache, live_Bx
 
 
 class Attention(nnx.Module):
-  """Llama self-attention: q/k/v projections per head, RoPE on q and k, grouped-query attention, output proj."""
+  """Llama self-attention: q/k/v projections per head, RoPE on q and k, grouped-query attention, output proj.
+
+  Optional, each behind a model key whose default leaves the function unchanged (Hugging Face architectures):
+  `qk_norm` (Qwen3: an RMSNorm over head_dim of every q and k head, before RoPE), `attn_bias` (biases on the
+  q, k, v and o projections), `rope_scaling` (Llama 3 / linear frequency scaling, layers.rope_scaling).
+  """
 
   def __init__(self, cfg, rngs):
     D, H, K, E = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, head_dim(cfg)
     self.dtype = jnp.dtype(cfg.dtype)
     self.rope_theta = cfg.rope_theta
+    self.rope_scaling = layers.rope_scaling(cfg)
     self.implementation = cfg.attention_impl
     self.q = layers.param(cfg, rngs, (D, H, E), ("embed", "q_heads", "head_dim"))
     self.k = layers.param(cfg, rngs, (D, K, E), ("embed", "kv_heads", "head_dim"))
     self.v = layers.param(cfg, rngs, (D, K, E), ("embed", "kv_heads", "head_dim"))
     self.o = layers.param(cfg, rngs, (H, E, D), ("q_heads", "head_dim", "embed"), residual_out=True)
+    self.qk_norm = bool(cfg.get("qk_norm", False))
+    if self.qk_norm:
+      self.q_norm, self.k_norm = layers.RMSNorm(cfg, E), layers.RMSNorm(cfg, E)
+    self.attn_bias = bool(cfg.get("attn_bias", False))
+    if self.attn_bias:
+      self.q_bias = _zeros(cfg, (H, E), ("q_heads", "head_dim"))
+      self.k_bias = _zeros(cfg, (K, E), ("kv_heads", "head_dim"))
+      self.v_bias = _zeros(cfg, (K, E), ("kv_heads", "head_dim"))
+      self.o_bias = _zeros(cfg, (D,), ("norm",))
 
-  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT, cache=None, live_BxT=None):
-    """With `cache` (a kv_cache.LayerCache) returns (out, cache): see `attend_cached`."""
+  def _qkv(self, x_BxTxD, positions_BxT):
+    """q, k, v after the optional bias and q/k norm, then RoPE on q and k."""
     x_BxTxD = x_BxTxD.astype(self.dtype)
     q_BxTxHxE = jnp.einsum("btd,dhe->bthe", x_BxTxD, self.q[...].astype(self.dtype))
     k_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.k[...].astype(self.dtype))
     v_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.v[...].astype(self.dtype))
-    q_BxTxHxE = layers.apply_rope(q_BxTxHxE, positions_BxT, self.rope_theta)
-    k_BxTxKxE = layers.apply_rope(k_BxTxKxE, positions_BxT, self.rope_theta)
+    if self.attn_bias:
+      q_BxTxHxE = q_BxTxHxE + self.q_bias[...].astype(self.dtype)
+      k_BxTxKxE = k_BxTxKxE + self.k_bias[...].astype(self.dtype)
+      v_BxTxKxE = v_BxTxKxE + self.v_bias[...].astype(self.dtype)
+    if self.qk_norm:
+      q_BxTxHxE, k_BxTxKxE = self.q_norm(q_BxTxHxE), self.k_norm(k_BxTxKxE)
+    q_BxTxHxE = layers.apply_rope(q_BxTxHxE, positions_BxT, self.rope_theta, self.rope_scaling)
+    k_BxTxKxE = layers.apply_rope(k_BxTxKxE, positions_BxT, self.rope_theta, self.rope_scaling)
+    return q_BxTxHxE, k_BxTxKxE, v_BxTxKxE
+
+  def _out(self, out_BxTxHxE):
+    out_BxTxD = jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(self.dtype))
+    if self.attn_bias:
+      out_BxTxD = out_BxTxD + self.o_bias[...].astype(self.dtype)
+    return out_BxTxD
+
+  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT, cache=None, live_BxT=None):
+    """With `cache` (a kv_cache.LayerCache) returns (out, cache): see `attend_cached`."""
+    q_BxTxHxE, k_BxTxKxE, v_BxTxKxE = self._qkv(x_BxTxD, positions_BxT)
     if cache is not None:
       out_BxTxHxE, cache = attend_cached(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, positions_BxT, cache, live_BxT,
                                          self.implementation)
-      return jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(self.dtype)), cache
+      return self._out(out_BxTxHxE), cache
     out_BxTxHxE = attend(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, segment_ids_BxT, self.implementation)
-    return jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(self.dtype))
+    return self._out(out_BxTxHxE)
+
+
+def _zeros(cfg, shape, logical_axes):
+  """A zero-initialised bias in param_dtype (as torch.nn.Linear's would be after a zero init)."""
+  init = nnx.with_partitioning(nnx.initializers.zeros, logical_axes)
+  return nnx.Param(init(None, shape, jnp.dtype(cfg.param_dtype)))

@@ -11,6 +11,7 @@ REMAT = ("none", "full", "dots")
 ATTENTION = ("xla", "pallas", "cudnn", "auto")
 NUMBER_FORMATS = ("rf8", "e4m3", "e5m2")  # tessera.models.numerics.FORMATS
 FAN_MODES = ("reference", "fan_in")
+ROPE_SCALINGS = ("none", "linear", "llama3")  # tessera.models.layers.ROPE_SCALINGS
 
 
 def fail(key, message):
@@ -58,12 +59,30 @@ def check_decoder(config):
           f"{m.d_model} is not divisible by model.n_heads={m.n_heads} (or set model.head_dim)")
   for key in ("rope_theta", "norm_eps"):
     positive_finite(config, f"model.{key}")
+  check_hf_keys(config)
   tensor = config.mesh.tensor
   if tensor > 1:
     for key in ("n_heads", "n_kv_heads", "vocab_size", "d_ff"):
       require(m[key] % tensor == 0 or (key == "vocab_size" and m[key] == 0), f"model.{key}",
               f"{m[key]} is not divisible by mesh.tensor={tensor}")
   check_numerics(config)
+
+
+def check_hf_keys(config):
+  """qk_norm, attn_bias, rope_scaling and its factors (read with defaults: configs saved before them still pass)."""
+  m = config.model
+  for key in ("qk_norm", "attn_bias"):
+    require(isinstance(m.get(key, False), bool), f"model.{key}", f"must be True or False, got {m.get(key)!r}")
+  if "rope_scaling" not in m:
+    return
+  one_of(config, "model.rope_scaling", ROPE_SCALINGS)
+  if m.rope_scaling == "none":
+    return
+  for key in ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len"):
+    positive_finite(config, f"model.{key}")
+  if m.rope_scaling == "llama3":
+    require(m.rope_high_freq_factor > m.rope_low_freq_factor, "model.rope_high_freq_factor",
+            f"must exceed model.rope_low_freq_factor={m.rope_low_freq_factor}, got {m.rope_high_freq_factor}")
 
 
 def check_numerics(config):

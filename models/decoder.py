@@ -161,10 +161,14 @@ def param_count(cfg):
   """Parameter counts from the config alone (no arrays).
 
   "embedding" counts the vocabulary matrices: the input table, plus the unembedding when it is untied;
-  "non_embedding" is everything else (block matmuls and all RMSNorm scales).
+  "non_embedding" is everything else (block matmuls, all RMSNorm scales, attention biases).
   """
   embedding = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
   norms = (2 * cfg.n_layers + 1) * cfg.d_model
+  if cfg.get("qk_norm", False):
+    norms += 2 * cfg.n_layers * head_dim(cfg)
+  if cfg.get("attn_bias", False):
+    norms += cfg.n_layers * (head_dim(cfg) * (cfg.n_heads + 2 * cfg.n_kv_heads) + cfg.d_model)  # q, k, v, o biases
   non_embedding = cfg.n_layers * _layer_matmul_params(cfg) + norms
   return {"total": embedding + non_embedding, "embedding": embedding, "non_embedding": non_embedding}
 

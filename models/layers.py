@@ -69,11 +69,12 @@ def param(cfg, rngs, shape, logical_axes, *, residual_out=False, embedding=False
 class RMSNorm(nnx.Module):
   """Root-mean-square norm (no mean subtraction, no bias); statistics in float32 for bf16 stability."""
 
-  def __init__(self, cfg):
+  def __init__(self, cfg, dim=None):
+    """`dim` defaults to d_model (the residual stream); Qwen3's q/k norms pass head_dim."""
     self.eps = cfg.norm_eps
     self.dtype = jnp.dtype(cfg.dtype)
     ones = nnx.with_partitioning(nnx.initializers.ones, ("norm",))
-    self.scale = nnx.Param(ones(None, (cfg.d_model,), jnp.dtype(cfg.param_dtype)))
+    self.scale = nnx.Param(ones(None, (dim or cfg.d_model,), jnp.dtype(cfg.param_dtype)))
 
   def __call__(self, x_BxTxD):
     x_BxTxD = x_BxTxD.astype(jnp.float32)
@@ -82,13 +83,46 @@ class RMSNorm(nnx.Module):
     return (y_BxTxD * self.scale[...].astype(jnp.float32)).astype(self.dtype)
 
 
-def apply_rope(x_BxTxHxD, positions_BxT, theta):
-  """Rotates channel pairs (i, i + D/2) by angle position * theta^(-2i/D) (Llama / MaxText half-split layout).
+ROPE_SCALINGS = ("none", "linear", "llama3")
+
+
+def rope_scaling(cfg):
+  """`model.rope_scaling` and its parameters as one hashable tuple for `apply_rope` (None: plain RoPE).
+
+  Read with defaults, so a config saved before these keys existed builds the same model.
+  """
+  kind = cfg.get("rope_scaling", "none")
+  if kind == "none":
+    return None
+  return (kind, float(cfg.get("rope_factor", 1.0)), float(cfg.get("rope_low_freq_factor", 1.0)),
+          float(cfg.get("rope_high_freq_factor", 4.0)), float(cfg.get("rope_original_max_len", 8192)))
+
+
+def scaled_inv_freq(inv_freq_F, scaling):
+  """Hugging Face's rope scalings of the inverse frequencies (modeling_rope_utils): "linear" divides them all by
+  `factor` (= positions / factor); "llama3" divides only the long wavelengths (> original_len / low_freq_factor)
+  and interpolates smoothly up to the short ones (< original_len / high_freq_factor), which stay as they are."""
+  kind, factor, low, high, original_len = scaling
+  if kind == "linear":
+    return inv_freq_F / factor
+  wavelen_F = 2 * math.pi / inv_freq_F
+  by_factor_F = jnp.where(wavelen_F > original_len / low, inv_freq_F / factor, inv_freq_F)
+  smooth_F = (original_len / wavelen_F - low) / (high - low)
+  smoothed_F = (1 - smooth_F) * by_factor_F / factor + smooth_F * by_factor_F
+  medium_F = ~(wavelen_F < original_len / high) & ~(wavelen_F > original_len / low)
+  return jnp.where(medium_F, smoothed_F, by_factor_F)
+
+
+def apply_rope(x_BxTxHxD, positions_BxT, theta, scaling=None):
+  """Rotates channel pairs (i, i + D/2) by angle position * theta^(-2i/D) (Llama / MaxText half-split layout, the
+  same as Hugging Face's rotate_half); `scaling` (from `rope_scaling`) rescales the frequencies (Llama 3).
 
   Positions are explicit so packed documents restart at 0. Angles and the rotation run in float32.
   """
   half = x_BxTxHxD.shape[-1] // 2
   inv_freq_F = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if scaling is not None:
+    inv_freq_F = scaled_inv_freq(inv_freq_F, scaling)
   angle_BxTx1xF = (positions_BxT.astype(jnp.float32)[:, :, None] * inv_freq_F)[:, :, None, :]
   sin, cos = jnp.sin(angle_BxTx1xF), jnp.cos(angle_BxTx1xF)
   x1, x2 = jnp.split(x_BxTxHxD.astype(jnp.float32), 2, axis=-1)
