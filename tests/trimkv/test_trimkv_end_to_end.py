@@ -63,8 +63,9 @@ def test_retention_beats_heuristic_eviction_at_equal_budget(trained):
 
 
 @pytest.mark.xfail(strict=False, reason="measured: mean soft occupancy at the last position ~33 > 1.2 M = 19.2 "
-                   "after 600 gate steps (layer-0 heads keep filler at beta ~0.994: the KL over all positions "
-                   "outweighs the capacity term at this scale); capacity_norm=M or retention_weight=4 reach ~23")
+                   "after 600 gate steps: layer-0 heads keep filler at beta ~0.994. mul_logit sends a forgotten "
+                   "token's logit to 0, not -inf, so forgetting filler can raise its weight; the same run with "
+                   "retention_mode=add_bias reaches 7.6 (KL 0.058 vs 0.17, recall 0.95 / 1.00)")
 def test_soft_occupancy_within_budget(trained):
   """Check 8's occupancy criterion: mean per-head S at the last position, over the last 20 steps, <= 1.2 M."""
   history = trained[-1]
