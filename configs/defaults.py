@@ -63,6 +63,9 @@ def base_config():
   # "source_regex=target" rewrites of the source paths, re.sub with the first matching one, paths no rule matches
   # are not loaded; empty: every path as is; init.strict: every param must be loaded). --init-from W is init.workdir=W with init.strict=True.
   c.init = ml_collections.ConfigDict(dict(workdir="", map=[], strict=False))
+  # metrics.wandb: also log to Weights & Biases (needs `pip install wandb`; WANDB_MODE=offline works without an
+  # account). TensorBoard and metrics.jsonl are always written.
+  c.metrics = ml_collections.ConfigDict(dict(wandb=False))
   c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))
   c.sample = ml_collections.ConfigDict(dict(prompt="def ", max_new_tokens=80, temperature=0.0))
   return c

@@ -56,7 +56,10 @@ def load(spec):
 
 
 def parse_value(text):
-  """Python literal when it parses (numbers, bools, tuples, lists), else the raw string."""
+  """Python literal when it parses (numbers, bools, tuples, lists), else the raw string. `true`/`false` in any case
+  are booleans too (what shells, YAML and other trainers' flags use)."""
+  if text.strip().lower() in ("true", "false"):
+    return text.strip().lower() == "true"
   try:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):

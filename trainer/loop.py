@@ -230,12 +230,15 @@ class Run:
     """Every process built the same run before process 0 writes config.json, init.json and the accounting."""
     c = self.config
     distributed.barrier("setup")
-    self.writer = metrics_lib.Writer(self.workdir, resume_step=self.start)
+    flat = config_loader.flatten(self.config_dict)
+    self.writer = metrics_lib.Writer(self.workdir, resume_step=self.start,
+                                     wandb_config=flat if flat.get("metrics.wandb") else None)
     if jax.process_index() == 0:
       workdir_lib.write_json(self.workdir / "config.json", self.config_dict)
       if self.init_plan is not None:
         workdir_lib.write_json(self.workdir / "init.json", self.init_plan.report())
       self.writer.text("config", "```\n" + c.to_json(indent=2) + "\n```", self.start)
+      self.writer.hparams(flat)
       if self.changes:
         self.writer.text("config_changes", "\n".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.changes.items()),
                          self.start)
@@ -245,7 +248,7 @@ class Run:
     log(f"{jax.device_count()} devices, mesh {dict(self.mesh.shape)}; " + ", ".join(
         f"{k} {v:,.0f}" for k, v in counts.items()))
     log(f"peak {self.peak / 1e9:.1f} GFLOP/s/device ({peak_source})")
-    self.writer.text("accounting", "\n".join(f"{k}: {v:,.0f}" for k, v in counts.items()), self.start)
+    self.writer.text("accounting", metrics_lib.markdown_table(counts), self.start)
 
   def global_batch(self, local):
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v,

@@ -1,4 +1,4 @@
-"""Throughput accounting (tokens/s, TFLOP/s and MFU per device), metrics.jsonl + TensorBoard, the progress line."""
+"""Throughput accounting (tokens/s, TFLOP/s and MFU per device), metrics.jsonl + TensorBoard (+ wandb), hparams."""
 import json
 import math
 import os
@@ -39,6 +39,16 @@ def device_memory_gb():
   return None if used is None else used / 1e9
 
 
+METRICS_FILE = "metrics.jsonl"
+HPARAM_METRICS = ("train/loss", "eval/loss")
+
+
+def markdown_table(counts):
+  """{name: number} as a Markdown table (TensorBoard's text tab renders Markdown; plain lines run together)."""
+  rows = "".join(f"| {k} | {v:,.0f} |\n" for k, v in counts.items())
+  return "| count | value |\n|:--|--:|\n" + rows
+
+
 class Writer:
   """Scalars to <workdir>/metrics.jsonl (durable) and TensorBoard (<workdir>/tb), text to TensorBoard; process 0 only.
 
@@ -49,11 +59,14 @@ class Writer:
   TensorBoard's view, and rewrites the TensorBoard events of steps <= N that never reached the event files.
   """
 
-  def __init__(self, workdir, resume_step=None):
-    self.tb, self._log = None, None
+  def __init__(self, workdir, resume_step=None, wandb_config=None):
+    self.tb, self._log, self.sink = None, None, None
     if jax.process_index() != 0:
       return
     workdir = epath.Path(workdir)
+    if wandb_config is not None:  # first: a missing wandb is a config error before anything is written
+      from tessera.trainer.wandb_sink import WandbSink
+      self.sink = WandbSink(workdir, wandb_config)
     workdir.mkdir(parents=True, exist_ok=True)
     self.path = workdir / METRICS_FILE
     records = _truncate_log(self.path, resume_step) if resume_step is not None else []
@@ -75,10 +88,24 @@ class Writer:
                                allow_nan=False) + "\n")
     for tag, value in tags.items():
       self.tb.add_scalar(tag, value, step, walltime=now)
+    if self.sink:
+      self.sink.log(step, tags)
 
   def text(self, tag, text, step=0):
     if self.tb:
       self.tb.add_text(tag, text, step)
+
+  def hparams(self, flat_config, metrics=HPARAM_METRICS):
+    """The config's scalar and string values in TensorBoard's HParams tab, in this run's own event files (a sweep's
+    workdirs are its sessions). Its metrics are the run's own train/loss and eval/loss tags: the tab shows their
+    last values, the final losses, even of a run stopped and resumed."""
+    if not self.tb:
+      return
+    from tensorboardX.summary import hparams
+    values = {k: v for k, v in flat_config.items() if isinstance(v, (bool, int, float, str))}
+    writer = self.tb._get_file_writer()
+    for summary in hparams(values, dict.fromkeys(metrics, 0.0)):
+      writer.add_summary(summary)
 
   def sync(self):
     """Makes every scalars() line so far durable (fsync). Call right before a checkpoint save starts."""
@@ -95,6 +122,9 @@ class Writer:
       self._log.close()
       self.tb.close()
       self.tb, self._log = None, None
+    if self.sink:
+      self.sink.close()
+      self.sink = None
 
   def _rewrite_missing_events(self, tb_dir, records):
     present = tb_scalar_keys(tb_dir)
@@ -107,9 +137,6 @@ class Writer:
     if written:
       print(f"metrics: rewrote {written} TensorBoard scalars from {METRICS_FILE} (lost before the last checkpoint)",
             file=sys.stderr, flush=True)
-
-
-METRICS_FILE = "metrics.jsonl"
 
 
 class _AppendLog:

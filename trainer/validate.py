@@ -2,6 +2,7 @@
 
 Model, objective and rule keys are checked by their methods (tessera.trainer.zoo.check); this file names none.
 """
+import importlib.util
 import math
 import re
 
@@ -102,6 +103,9 @@ def validate(config, device_count=None):
     value = config.data.get(key, 0)
     _check(isinstance(value, int) and value >= 0, f"data.{key}", f"must be an int >= 0 ({meaning}), got {value!r}")
   _check(config.profile.num_steps >= 1, "profile.num_steps", f"must be >= 1, got {config.profile.num_steps}")
+  if config.get("metrics") is not None and config.metrics.get("wandb"):
+    _check(importlib.util.find_spec("wandb") is not None, "metrics.wandb",
+           "True needs the wandb package (pip install wandb); WANDB_MODE=offline logs without an account")
 
   for i, rule in enumerate(config.sharding.rules):
     _check(len(rule) == 2, f"sharding.rules[{i}]", f"must be a (logical, mesh axes) pair, got {rule!r}")

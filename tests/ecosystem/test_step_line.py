@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from tb_read import hparams, text
 from tessera_testing import TINY, run_cli
 from tessera.trainer import cpu_peak, metrics as metrics_lib
 
@@ -64,3 +65,12 @@ def test_resume_keeps_the_peak_and_prints_each_line_once(tmp_path):
   result = run(tmp_path / "run", 7, 3)
   assert "peak 200.0 GFLOP/s/device (measured once for" in result.stderr
   check_run(result, tmp_path / "run", 7, 3, 5)
+
+
+def test_hparams_and_accounting_table_in_tensorboard(trained_workdir):
+  values, metric_tags = hparams(trained_workdir)
+  assert values["optim.lr"] == 3e-3 and values["model.name"] == "decoder" and values["metrics.wandb"] is False
+  assert "sharding.rules" not in values  # lists are not hparams
+  assert metric_tags == ["train/loss", "eval/loss"]
+  table = text(trained_workdir, "accounting").splitlines()
+  assert table[:2] == ["| count | value |", "|:--|--:|"] and table[2].startswith("| params_total | ")
