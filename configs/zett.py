@@ -12,14 +12,16 @@ n_total 2048 (+128 padded slots), a 16 x 32-text queue, 1/6 of train.steps as th
 then L_LM + 0.5 L_aux. `tiny` / `tiny_base`: the same at CI size (a 512 BPE on 40 documents).
 Trained: `hypernet/...` and `fallback` (train.trainable); frozen: the LM (`lm/...`, loaded from init.workdir by
 init.map) and the rescalers (model state). `model.zett.residual=True` is the ALM residual variant (§3.11).
-Optimizer (§6 shape at small scale): AdamW b1 0.9, b2 0.95, eps 1e-8, wd 0.01, clip 0.1; the LR warms up linearly
-from 0 over the identity stage, then cosine to 0.1x. Deviation: §6 restarts a second warmup at the stage switch
-and uses 3e-4 / 6e-5; tessera's schedule is one warmup + decay, and 5e-4 suits 1,500 steps (project default).
+Optimizer (§6 at small scale): AdamW b1 0.9, b2 0.95, eps 1e-8, wd 0.01 (matrices only), clip 0.1; the §6 two-stage
+LR (tessera.models.zett_optim, logged as train/zett_lr): linear 0 -> identity lr over the identity stage, then
+linear 0 -> optim.lr over 5% of train.steps and cosine to 0.1x. Peaks (project default; §6's 3e-4 / 6e-5 are for
+1B-7B LMs over 200k steps): small 1e-3 / 5e-4, tiny 1e-2 / 3e-3.
 """
 from tessera.configs import defaults
 from tessera.data import zett_pipeline
 from tessera.losses import zett as zett_loss
 from tessera.models import zett as zett_model
+from tessera.models import zett_optim
 
 _BASE = {
     # name: (d_model, n_layers, n_heads, d_ff, bpe_vocab, max_docs, batch, seq_len, steps, lr)
@@ -27,9 +29,10 @@ _BASE = {
     "tiny_base": (64, 2, 4, 256, 512, 40, 8, 64, 20, 3e-3),
 }
 _HYPER = {
-    # name: (base shape, hidden, ffn, layers, heads, n_total, queue_chunks, span_chars, batch, seq_len, steps, lr)
-    "small": ("base", 256, 512, 3, 4, 2048, 16, 2048, 32, 128, 1800, 5e-4),
-    "tiny": ("tiny_base", 64, 128, 2, 2, 512, 4, 512, 8, 64, 20, 3e-3),
+    # name: (base shape, hidden, ffn, layers, heads, n_total, queue_chunks, span_chars, batch, seq_len, steps, lr,
+    #        identity-stage lr)
+    "small": ("base", 256, 512, 3, 4, 2048, 16, 2048, 32, 128, 1800, 5e-4, 1e-3),
+    "tiny": ("tiny_base", 64, 128, 2, 2, 512, 4, 512, 8, 64, 20, 3e-3, 1e-2),
 }
 
 
@@ -52,7 +55,7 @@ def build(arg="small"):
     return lm_config(arg)
   if arg not in _HYPER:
     raise ValueError(f"configs/zett.py: unknown variant {arg!r}; choose one of {sorted({**_BASE, **_HYPER})}")
-  base, hidden, ffn, layers, heads, n_total, queue_chunks, span_chars, batch, seq_len, steps, lr = _HYPER[arg]
+  base, hidden, ffn, layers, heads, n_total, queue_chunks, span_chars, batch, seq_len, steps, lr, id_lr = _HYPER[arg]
   c = lm_config(base)
   c.model.name = "zett"
   zett_model.add_keys(c)
@@ -65,7 +68,8 @@ def build(arg="small"):
   c.data.zett.update(dict(n_total=n_total, queue_chunks=queue_chunks, span_chars=span_chars))
   c.init.map = ["^(.*)$=lm/\\1"]  # the base run's params go under the frozen LM's path
   c.optim.update(dict(lr=lr, weight_decay=0.01, clip=0.1, lr_min_ratio=0.1, schedule="cosine"))
-  c.optim.warmup_steps = c.data.zett.get_ref("identity_steps")
+  c.optim.warmup_steps = c.data.zett.get_ref("identity_steps")  # the trainer's (logged) schedule; applied: below
+  zett_optim.add_keys(c, identity_lr=id_lr)
   c.eval.update(dict(every_steps=max(steps // 4, 1), batches=2))
   c.sample.max_new_tokens = 0  # the LM is frozen: its samples never change
   return c

@@ -116,14 +116,15 @@ class ZettPipeline:
     zeros = np.zeros((B, T), np.int32)
     return {**self._vocab_fields(arrays), "inputs": zeros, "targets": zeros,
             "loss_mask": np.zeros((B, T), np.float32), "target_bytes": np.zeros((B, T), np.float32),
-            "stage": np.ones((B,), np.int32)}
+            "stage": np.ones((B,), np.int32), "step": np.full((B,), k, np.int32)}
 
   def sampled_batch(self, k):
     with self._lock:
       tokenizer = self.sampler.tokenizer(k)
     arrays = self.surface.arrays(tokenizer, self.n_slots)
     return {**self._vocab_fields(arrays), **self.text_fields(tokenizer, self.chunk_texts(k), arrays),
-            "stage": np.zeros((self.global_batch_size,), np.int32)}
+            "stage": np.zeros((self.global_batch_size,), np.int32),
+            "step": np.full((self.global_batch_size,), k, np.int32)}
 
   def batch(self, k):
     """Global batch k (all rows)."""
@@ -172,7 +173,8 @@ class ZettPipeline:
       texts = spans(self.held_out, zett_sampler.step_rng(self.seed + EVAL_SEED_OFFSET, k, 3),
                     self.global_batch_size, self.span_chars)
       batch = {**self._vocab_fields(arrays), **self.text_fields(tokenizer, texts, arrays),
-               "stage": np.zeros((self.global_batch_size,), np.int32)}
+               "stage": np.zeros((self.global_batch_size,), np.int32),
+               "step": np.full((self.global_batch_size,), -1, np.int32)}
       out.append({key: v[rows] for key, v in batch.items()})
     return out
 

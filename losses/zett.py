@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from tessera.losses import registry
+from tessera.models import zett_optim
 
 DEFAULTS = dict(aux_weight=0.5, aux_kind="mse")
 AUX_EPS = 1e-8
@@ -89,6 +90,7 @@ def lm_loss(model, batch, surface_NxL, valid_N, special_N, pad_id, aux_weight, a
 @registry.register("zett")
 def build(config):
   z = config.loss.zett
+  two_stage = config.optim.get("zett") is not None and bool(config.optim.zett.two_stage)
 
   def loss_fn(model, batch, rng):
     del rng
@@ -108,6 +110,8 @@ def build(config):
 
     loss, metrics = jax.lax.cond(stage > 0, identity, main)
     metrics["tokens"] = jnp.maximum(metrics["tokens"], 1.0)
+    if two_stage and "step" in batch:
+      metrics["zett_lr"] = zett_optim.lr_at(config.optim, jnp.maximum(batch["step"][0], 0))
     return loss, metrics
 
   def after_update(model, step):

@@ -17,6 +17,7 @@ from flax import nnx
 
 from tessera.models import decoder
 from tessera.models import registry
+from tessera.models import zett_optim  # noqa: F401  (registers the two-stage LR update)
 from tessera.models.layers import ModelState
 from tessera.models.zett_hypernet import Hypernet
 

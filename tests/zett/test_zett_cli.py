@@ -49,6 +49,8 @@ def test_identity_stage_then_lm_loss_with_bits_per_byte(runs):
   later = [train[s] for s in range(2, STEPS + 1)]
   assert all(r["train/stage"] == 0.0 and r["train/loss_lm"] > 0 for r in later)
   assert all(0 < r["train/bits_per_byte"] < 20 and 0 < r["train/tokens_per_byte"] < 1 for r in later)
+  lrs = [train[s]["train/zett_lr"] for s in range(1, STEPS + 1)]  # §6: 0 at the start of each stage
+  assert lrs[0] == 0.0 and lrs[1] == 0.0 and all(lr > 0 for lr in lrs[2:])
   summary = json.loads((zett / "summary.json").read_text())
   assert np.isfinite(summary["eval_loss"])
   assert json.loads((zett / "init.json").read_text())["unused_source"] == []

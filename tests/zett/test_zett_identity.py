@@ -19,7 +19,8 @@ def test_identity_stage_reproduces_the_original_embeddings_and_bits_per_byte(tmp
           "--config.sample.max_new_tokens=0")
   run_cli("--config", "configs/zett.py:tiny", "--workdir", zett, f"--config.init.workdir={base}",
           "--config.train.steps=400", "--config.data.zett.identity_steps=400", "--config.optim.warmup_steps=40",
-          "--config.optim.lr=1e-2", "--config.model.zett.hidden=128", "--config.model.zett.ffn=256",
+          "--config.optim.lr=1e-2", "--config.optim.zett.two_stage=False",  # one warmup of 40 steps, then cosine
+          "--config.model.zett.hidden=128", "--config.model.zett.ffn=256",
           "--config.eval.every_steps=0", "--config.checkpoint.every_steps=400")
   sys.path.insert(0, str(ROOT / "scripts"))
   import eval_tokenizer_transfer as ett

@@ -139,9 +139,8 @@ def test_a_loss_step_trains_only_the_hypernet_and_fallback():
   batch = {"surface": surface[None], "special": jnp.full((1, 256), -1), "valid": jnp.ones((1, 256), jnp.int32),
            "pad_id": jnp.zeros((1,), jnp.int32), "stage": jnp.zeros((1,), jnp.int32), "inputs": ids[:, :-1],
            "targets": ids[:, 1:], "loss_mask": jnp.ones((1, 8)), "target_bytes": jnp.ones((1, 8))}
-  config = type("C", (), {})()
-  config.loss = type("L", (), {"zett": type("Z", (), {"aux_weight": 0.5, "aux_kind": "mse"})()})()
-  loss_fn = zett_loss.build(config).loss_fn
+  from tessera.configs import zett as zett_config
+  loss_fn = zett_loss.build(zett_config.build("tiny")).loss_fn
   graphdef, params, rest = nnx.split(m, nnx.Param, ...)
 
   def f(params):
