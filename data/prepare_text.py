@@ -23,7 +23,7 @@ from tessera.data import text_tokenizer
 from tessera.data.prepare_io import DataError
 from tessera.data.prepared import RECORDS_FILE, UNIGRAM_FILE
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: <pad>/<bos>/<unk> beside <eos>, tokenizer_config.json for transformers
 DEFAULT_VOCAB_SIZE = 8192
 _ENCODE_CHUNK = 512
 
@@ -32,14 +32,17 @@ def parse_args(argv):
   parser = prepare_io.ArgumentParser(prog="scripts/prepare_text", description=__doc__.splitlines()[0])
   parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                       help="text files, folders (recursive), .jsonl (a text field) or .parquet (a text column)")
-  parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR")
-  parser.add_argument("--tokenizer", default="bpe", choices=text_tokenizer.KINDS)
+  parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",
+                      help="the prepared directory (created atomically; a rerun with the same inputs is a no-op)")
+  parser.add_argument("--tokenizer", default="bpe", choices=text_tokenizer.KINDS,
+                      help="the tokenizer to train on the train split (default: %(default)s)")
   parser.add_argument("--vocab-size", type=prepare_io.at_least(1), default=None,
-                      help=f"tokens incl. <eos> (default {DEFAULT_VOCAB_SIZE}; bytes: 257)")
+                      help=f"tokens incl. <eos>, <pad>, <bos>, <unk> (default {DEFAULT_VOCAB_SIZE}; bytes: 260)")
   parser.add_argument("--tokenizer-file", type=pathlib.Path, default=None,
                       help="use this Hugging Face tokenizer.json instead of training one")
   parser.add_argument("--text-column", default="text", help="the .jsonl field / parquet column holding the text")
-  parser.add_argument("--records-per-shard", type=prepare_io.at_least(1), default=20000)
+  parser.add_argument("--records-per-shard", type=prepare_io.at_least(1), default=20000,
+                      help="documents per ArrayRecord shard (default: %(default)s)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing different dataset in --out")
   return parser.parse_args(argv)
 
@@ -62,9 +65,14 @@ def _tokenizer(args, train_texts: list[str]) -> text_tokenizer.TextTokenizer:
     if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
       raise DataError(f"{args.tokenizer_file}: has {tokenizer.vocab_size} tokens but --vocab-size is "
                       f"{args.vocab_size}")
-    return tokenizer
+    return _with_special_tokens(tokenizer.hf)
   vocab_size = args.vocab_size or DEFAULT_VOCAB_SIZE
-  return text_tokenizer.TextTokenizer(text_tokenizer.train(args.tokenizer, train_texts, vocab_size))
+  return _with_special_tokens(text_tokenizer.train(args.tokenizer, train_texts, vocab_size))
+
+
+def _with_special_tokens(hf):
+  text_tokenizer.with_special_tokens(hf)
+  return text_tokenizer.TextTokenizer(hf)
 
 
 def _encoded_records(tokenizer, texts: list[str], progress: prepare_io.Progress, counts: np.ndarray,
@@ -121,6 +129,10 @@ def prepare(argv=None) -> dict:
 
   with prepare_io.staged_dir(args.out) as staging:
     tokenizer.hf.save(str(staging / "tokenizer.json"))
+    hf_config = text_tokenizer.transformers_config(tokenizer.hf)
+    prepare_io.write_json(staging / "tokenizer_config.json", hf_config)
+    prepare_io.write_json(staging / "special_tokens_map.json",
+                          {k: v for k, v in hf_config.items() if k.endswith("_token")})
     counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
     index = {"split": [], "record": [], "num_tokens": []}
     splits = {}
@@ -145,7 +157,7 @@ def prepare(argv=None) -> dict:
     stats = {
         "kind": "text", "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
         "tokenizer": "file" if args.tokenizer_file else args.tokenizer, "vocab_size": tokenizer.vocab_size,
-        "eos_id": tokenizer.eos_id, "pad_id": tokenizer.eos_id, "record_times": False,
+        "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "record_times": False,
         "train_split": "train", "eval_split": "validation", "splits": splits,
         "documents": len(docs), "tokens": sum(s["tokens"] for s in splits.values()),
         "bytes": sum(s["bytes"] for s in splits.values()),

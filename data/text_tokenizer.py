@@ -2,7 +2,10 @@
 `tokenizer.json` that any HF-compatible tool can load (cheap to train and to swap, as ZeTT-style work needs).
 
 All three kinds are byte-level, so every string encodes without an unknown token and decodes back exactly.
-`bytes` maps byte b to id b (the embedded pipeline's ids), with `<eos>` = 256.
+`bytes` maps byte b to id b (the embedded pipeline's ids), with `<eos>` = 256. Trained bpe/unigram vocabularies
+start with `<eos>`, `<pad>`, `<bos>`, `<unk>` (ids 0-3); `with_special_tokens` adds whichever of the four a
+tokenizer lacks, so a prepared directory names all four for `transformers` (tokenizer_config.json) and pads with
+its own id (a pad that is also eos makes HF collators mask every end of document).
 """
 
 import pathlib
@@ -14,8 +17,17 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from tessera.data.prepare_io import DataError
 
 KINDS = ("bpe", "unigram", "bytes")
-EOS_TOKEN = "<eos>"
+EOS_TOKEN, PAD_TOKEN, BOS_TOKEN, UNK_TOKEN = "<eos>", "<pad>", "<bos>", "<unk>"
+SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN, BOS_TOKEN, UNK_TOKEN)
 _KNOWN_EOS_TOKENS = (EOS_TOKEN, "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[SEP]")
+# Names other tokenizers use for each role, ours first (a user's tokenizer.json keeps its own).
+KNOWN_TOKENS = {
+    "eos_token": _KNOWN_EOS_TOKENS,
+    "pad_token": (PAD_TOKEN, "[PAD]", "<|pad|>", "<|padding|>"),
+    "bos_token": (BOS_TOKEN, "<s>", "<|begin_of_text|>", "<|startoftext|>", "[CLS]"),
+    "unk_token": (UNK_TOKEN, "[UNK]", "<|unk|>"),
+}
+_NEW_TOKENS = {"eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "bos_token": BOS_TOKEN, "unk_token": UNK_TOKEN}
 
 
 def _byte_to_unicode() -> dict[int, str]:
@@ -50,12 +62,12 @@ def train(kind: str, texts, vocab_size: int) -> tokenizers.Tokenizer:
   alphabet = pre_tokenizers.ByteLevel.alphabet()
   if kind == "bpe":
     tokenizer = _byte_level(models.BPE())
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], initial_alphabet=alphabet,
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=alphabet, show_progress=False)
   elif kind == "unigram":
     tokenizer = _byte_level(models.Unigram())
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], initial_alphabet=alphabet,
-                                      show_progress=False)
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                      unk_token=UNK_TOKEN, initial_alphabet=alphabet, show_progress=False)
   else:
     raise DataError(f"--tokenizer: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
   tokenizer.train_from_iterator(texts, trainer)
@@ -74,8 +86,28 @@ def load_file(path: pathlib.Path) -> tokenizers.Tokenizer:
 
 
 def eos_token(tokenizer: tokenizers.Tokenizer) -> str | None:
+  return role_token(tokenizer, "eos_token")
+
+
+def role_token(tokenizer: tokenizers.Tokenizer, role: str) -> str | None:
+  """The token playing `role` (eos_token, pad_token, bos_token, unk_token), by its usual names; None if absent."""
   vocab = tokenizer.get_vocab(with_added_tokens=True)
-  return next((token for token in _KNOWN_EOS_TOKENS if token in vocab), None)
+  return next((token for token in KNOWN_TOKENS[role] if token in vocab), None)
+
+
+def with_special_tokens(tokenizer: tokenizers.Tokenizer) -> dict[str, str]:
+  """Adds `<eos>`/`<pad>`/`<bos>`/`<unk>` where the tokenizer has no token for the role (after its vocabulary, so
+  existing ids keep their meaning); returns {role: token}, with pad never the eos token."""
+  for role, new in _NEW_TOKENS.items():
+    if role_token(tokenizer, role) is None:
+      tokenizer.add_special_tokens([new])
+  return {role: role_token(tokenizer, role) for role in _NEW_TOKENS}
+
+
+def transformers_config(tokenizer: tokenizers.Tokenizer) -> dict:
+  """tokenizer_config.json for `transformers.AutoTokenizer.from_pretrained(dir)` (a PreTrainedTokenizerFast)."""
+  return {"tokenizer_class": "PreTrainedTokenizerFast", **with_special_tokens(tokenizer),
+          "clean_up_tokenization_spaces": False}
 
 
 class TextTokenizer:
@@ -85,6 +117,8 @@ class TextTokenizer:
     self.hf = tokenizer
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     self.eos_id = tokenizer.token_to_id(eos_token(tokenizer))
+    pad = role_token(tokenizer, "pad_token")
+    self.pad_id = self.eos_id if pad is None else tokenizer.token_to_id(pad)  # older prepared dirs: pad = eos
 
   @classmethod
   def from_file(cls, path: pathlib.Path) -> "TextTokenizer":

@@ -128,14 +128,14 @@ def test_trainer_takes_vocab_from_the_prepared_directory(data_dir, tmp_path):
     c.train.seq_len = SEQ_LEN
   data = loop.build_pipeline(c)
   loop.resolve_vocab_size(c, data.vocab_size)
-  assert c.model.vocab_size == 384  # 257 bytes + <eos> -> padded to a multiple of 128
+  assert c.model.vocab_size == 384  # 256 bytes + <eos>, <pad>, <bos>, <unk> -> padded to a multiple of 128
   with c.unlocked():
     c.model.vocab_size = 128
   with pytest.raises(ConfigError, match="disagrees with the tokenizer.s vocabulary"):
     loop.resolve_vocab_size(c, data.vocab_size)
   with c.unlocked():
-    c.model.vocab_size = 32768  # a multiple of 128, but 32,511 rows no token reaches
-  with pytest.raises(ConfigError, match="config key 'model.vocab_size': 32768 is 32511 rows above"):
+    c.model.vocab_size = 32768  # a multiple of 128, but 32,508 rows no token reaches
+  with pytest.raises(ConfigError, match="config key 'model.vocab_size': 32768 is 32508 rows above"):
     loop.resolve_vocab_size(c, data.vocab_size)
   loop.resolve_vocab_size(c, data.vocab_size, inherited=True)  # a resumed or imported run keeps its size
   with c.unlocked():

@@ -99,7 +99,7 @@ def test_tokenizer_file_is_used_and_checked(tmp_path, capsys):
   assert prepare_text.main([*args, "--out", str(tmp_path / "x"), "--vocab-size", "300"]) == 2
   assert "tok.json: has 257 tokens but --vocab-size is 300" in capsys.readouterr().err
   stats = prepare_text.prepare([*args, "--out", str(tmp_path / "out")])
-  assert stats["vocab_size"] == 257 and stats["tokenizer"] == "file"
+  assert stats["vocab_size"] == 260 and stats["tokenizer"] == "file"  # + <pad>, <bos>, <unk>
 
 
 def test_pipeline_rejects_a_tokenizer_that_does_not_match_the_data(tmp_path):
@@ -108,5 +108,5 @@ def test_pipeline_rejects_a_tokenizer_that_does_not_match_the_data(tmp_path):
   stats = json.loads((out / "stats.json").read_text())
   stats["vocab_size"] = 300
   (out / "stats.json").write_text(json.dumps(stats))
-  with pytest.raises(ValueError, match="tokenizer.json: vocabulary size 257 does not match the prepared data's 300"):
+  with pytest.raises(ValueError, match="tokenizer.json: vocabulary size 260 does not match the prepared data's 300"):
     prepared.PreparedPipeline(out, seq_len=16, global_batch_size=2, seed=0)
