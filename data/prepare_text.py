@@ -23,8 +23,9 @@ from tessera.data import text_tokenizer
 from tessera.data.prepare_io import DataError
 from tessera.data.prepared import RECORDS_FILE, UNIGRAM_FILE
 
-FORMAT_VERSION = 2  # 2: <pad>/<bos>/<unk> beside <eos>, tokenizer_config.json for transformers
+FORMAT_VERSION = 2  # 2: <pad>/<bos>/<unk> after the vocabulary, tokenizer_config.json for transformers
 DEFAULT_VOCAB_SIZE = 8192
+ADDED_SPECIAL_TOKENS = 3  # <pad>, <bos>, <unk> after a trained vocabulary (which has <eos> at id 0)
 _ENCODE_CHUNK = 512
 
 
@@ -66,7 +67,7 @@ def _tokenizer(args, train_texts: list[str]) -> text_tokenizer.TextTokenizer:
       raise DataError(f"{args.tokenizer_file}: has {tokenizer.vocab_size} tokens but --vocab-size is "
                       f"{args.vocab_size}")
     return _with_special_tokens(tokenizer.hf)
-  vocab_size = args.vocab_size or DEFAULT_VOCAB_SIZE
+  vocab_size = (args.vocab_size or DEFAULT_VOCAB_SIZE) - ADDED_SPECIAL_TOKENS  # the total stays --vocab-size
   return _with_special_tokens(text_tokenizer.train(args.tokenizer, train_texts, vocab_size))
 
 

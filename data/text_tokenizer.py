@@ -2,10 +2,10 @@
 `tokenizer.json` that any HF-compatible tool can load (cheap to train and to swap, as ZeTT-style work needs).
 
 All three kinds are byte-level, so every string encodes without an unknown token and decodes back exactly.
-`bytes` maps byte b to id b (the embedded pipeline's ids), with `<eos>` = 256. Trained bpe/unigram vocabularies
-start with `<eos>`, `<pad>`, `<bos>`, `<unk>` (ids 0-3); `with_special_tokens` adds whichever of the four a
-tokenizer lacks, so a prepared directory names all four for `transformers` (tokenizer_config.json) and pads with
-its own id (a pad that is also eos makes HF collators mask every end of document).
+`bytes` maps byte b to id b (the embedded pipeline's ids), with `<eos>` = 256. `with_special_tokens` appends
+whichever of `<eos>`, `<pad>`, `<bos>`, `<unk>` a tokenizer lacks, so a prepared directory names all four for
+`transformers` (tokenizer_config.json) and pads with its own id (a pad that is also eos makes HF collators mask
+every end of document).
 """
 
 import pathlib
@@ -18,7 +18,6 @@ from tessera.data.prepare_io import DataError
 
 KINDS = ("bpe", "unigram", "bytes")
 EOS_TOKEN, PAD_TOKEN, BOS_TOKEN, UNK_TOKEN = "<eos>", "<pad>", "<bos>", "<unk>"
-SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN, BOS_TOKEN, UNK_TOKEN)
 _KNOWN_EOS_TOKENS = (EOS_TOKEN, "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[SEP]")
 # Names other tokenizers use for each role, ours first (a user's tokenizer.json keeps its own).
 KNOWN_TOKENS = {
@@ -62,12 +61,12 @@ def train(kind: str, texts, vocab_size: int) -> tokenizers.Tokenizer:
   alphabet = pre_tokenizers.ByteLevel.alphabet()
   if kind == "bpe":
     tokenizer = _byte_level(models.BPE())
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], initial_alphabet=alphabet,
+                                  show_progress=False)
   elif kind == "unigram":
     tokenizer = _byte_level(models.Unigram())
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                      unk_token=UNK_TOKEN, initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], initial_alphabet=alphabet,
+                                      show_progress=False)
   else:
     raise DataError(f"--tokenizer: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
   tokenizer.train_from_iterator(texts, trainer)
