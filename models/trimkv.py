@@ -32,20 +32,8 @@ KERNEL_IMPL = {"xla": "xla", "pallas": "pallas", "cudnn": "auto", "auto": "auto"
 
 
 class RetentionAttention(Attention):
-  """decoder's Attention (same params, same paths) plus the retention-gated forward of §4."""
-
-  def _qkv(self, x_BxTxD, positions_BxT):
-    """q, k, v after RoPE: the same projections as Attention.__call__."""
-    x_BxTxD = x_BxTxD.astype(self.dtype)
-    q_BxTxHxE = jnp.einsum("btd,dhe->bthe", x_BxTxD, self.q[...].astype(self.dtype))
-    k_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.k[...].astype(self.dtype))
-    v_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.v[...].astype(self.dtype))
-    q_BxTxHxE = layers.apply_rope(q_BxTxHxE, positions_BxT, self.rope_theta)
-    k_BxTxKxE = layers.apply_rope(k_BxTxKxE, positions_BxT, self.rope_theta)
-    return q_BxTxHxE, k_BxTxKxE, v_BxTxKxE
-
-  def _out(self, out_BxTxHxE):
-    return jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(self.dtype))
+  """decoder's Attention (same params, same paths, its `_qkv` / `_out`: biases, q/k norm and RoPE scaling
+  included) plus the retention-gated forward of §4 and a cached forward that keeps log beta."""
 
   def retained(self, x_BxTxD, segment_ids_BxT, positions_BxT, log_beta_BxKxT, mode):
     """softmax(alpha * q k / sqrt(d)) v with alpha[t, i] = beta_i^(t - i) (mul_logit) through

@@ -89,16 +89,28 @@ def test_scan_and_remat_give_the_same_loss_and_gate_gradients():
       np.testing.assert_allclose(stacked[i], g_u[("blocks", i, "retention_gate", name)], rtol=1e-4, atol=1e-9)
 
 
-def test_teacher_is_the_plain_decoder_bit_for_bit():
+HF_KEYS = dict(qk_norm=True, attn_bias=True, rope_scaling="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
+               rope_high_freq_factor=4.0, rope_original_max_len=8)
+
+
+@pytest.mark.parametrize("arch", [{}, HF_KEYS], ids=["llama", "qk_norm+bias+llama3_rope"])
+def test_teacher_is_the_plain_decoder_bit_for_bit(arch):
   """retention=False runs decoder.Decoder's own forward on the shared weights: the frozen full-attention
-  teacher is the base LM itself (no second copy, §5)."""
-  model = build(tiny_cfg())
-  base = build(tiny_cfg(name="decoder"), name="decoder")
+  teacher is the base LM itself (no second copy, §5), whatever attention options the base uses; with the gate
+  at its identity limit the gated forward matches it too (it shares Attention's projections)."""
+  model = build(tiny_cfg(**arch))
+  nnx.update(model, nnx.from_flat_state([  # non-zero biases, non-unit norms
+      (path, var.replace(var[...] + 0.1 * normal(var.shape, i)))
+      for i, (path, var) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param)))]))
+  set_gate_bias(model, 1e4)
+  base = build(tiny_cfg(name="decoder", **arch), name="decoder")
   flat = flat_params(model)
   nnx.update(base, nnx.from_flat_state([(path, var.replace(flat["/".join(map(str, path))]))
                                         for path, var in nnx.to_flat_state(nnx.state(base, nnx.Param))]))
   tok = tokens((2, 16))
-  np.testing.assert_array_equal(apply(model, lambda m: m(tok, retention=False)), apply(base, lambda m: m(tok)))
+  teacher = apply(model, lambda m: m(tok, retention=False))
+  np.testing.assert_array_equal(teacher, apply(base, lambda m: m(tok)))
+  np.testing.assert_allclose(apply(model, lambda m: m(tok)), teacher, rtol=1e-5, atol=1e-5)
 
 
 def test_power_matrix_and_no_nan_at_4096():
