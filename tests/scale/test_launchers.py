@@ -1,10 +1,14 @@
 """Launchers: the local watchdog and timeout, cluster sweeps fanned out one job per point, the AOT memory check."""
 import importlib.util
 import json
+import pathlib
+import signal
+import socket
 import subprocess
 import sys
 import time
 
+import standins
 from tessera_testing import ROOT
 
 
@@ -69,3 +73,90 @@ def test_compile_check_flags_a_config_that_cannot_fit():
   assert not report["fits"] and report["peak_gb"] > 0.001
   assert 0 < report["arguments_gb"] < report["peak_gb"]
   assert "DOES NOT FIT: peak" in result.stdout
+
+
+# ---- the launchers against stand-in gcloud/sbatch/srun/scontrol (tests/scale/standins.py) ----
+
+TRAINER_ARGS = ("--config", "configs/lm.py:tiny", "--workdir", "gs://bucket/run")
+
+
+def _launch(env, *command, check=True):
+  result = subprocess.run(command, cwd=ROOT, env=env, input="stdin the launcher must not pass on\n",
+                          capture_output=True, text=True, timeout=300)
+  assert not check or result.returncode == 0, result.stderr
+  return result
+
+
+def test_tpu_pod_runs_every_sweep_point_with_stdin_closed(tmp_path):
+  env, log = standins.install(tmp_path)
+  _launch(env, "launch/tpu_pod.sh", "--tpu", "pod", "--zone", "z", "--sweep", "--", *TRAINER_ARGS)
+  calls = standins.calls(log)
+  gcloud = [c["argv"] for c in calls if c["argv"][0] == "gcloud"]
+  assert gcloud[0][4] == "scp" and all("--worker=all" in argv for argv in gcloud)
+  setup = gcloud[1][-1]
+  assert "python3-venv" in setup and "sys.version_info < (3, 11)" in setup and "jax[tpu]" in setup
+  workers = [c for c in calls if c["argv"][0] == "worker-python"]
+  assert len(workers) == 4, calls  # a stdin-reading ssh used to swallow the points after the first
+  assert all(w["argv"][1:3] == ["-m", "tessera.trainer"] and w["distributed"] == "auto" for w in workers)
+  assert workers[3]["argv"][-1] == "--config.seed=1"
+  assert all(c["stdin"] == "" for c in calls)
+
+
+def test_tpu_pod_background_logs_per_worker_and_logs_command(tmp_path):
+  env, log = standins.install(tmp_path)
+  result = _launch(env, "launch/tpu_pod.sh", "--tpu", "pod", "--zone", "z", "--sweep", "--background", "--",
+                   *TRAINER_ARGS)
+  assert "started, log" in result.stdout and "--logs" in result.stderr
+  worker_log = tmp_path / "home" / "tessera" / "logs" / f"tessera-{socket.gethostname()}.log"
+  deadline = time.time() + 60
+  while time.time() < deadline and (not worker_log.exists() or worker_log.read_text().count("trained") < 4):
+    time.sleep(0.2)
+  assert worker_log.read_text().count("trained") == 4  # every point, in order, under nohup
+  background = [c["argv"][-1] for c in standins.calls(log) if c["argv"][0] == "gcloud"][-1]
+  assert "nohup bash -c" in background and "< /dev/null &" in background
+  shown = _launch(env, "launch/tpu_pod.sh", "--tpu", "pod", "--zone", "z", "--logs", "--lines", "2")
+  assert shown.stdout.count("trained") == 2
+
+
+def test_slurm_submits_every_sweep_point_with_stdin_closed(tmp_path):
+  env, log = standins.install(tmp_path)
+  _launch(env, "launch/slurm.sbatch", "--sweep", "--", *TRAINER_ARGS)
+  submitted = [c for c in standins.calls(log) if c["argv"][0] == "sbatch"]
+  assert len(submitted) == 4 and all(c["stdin"] == "" for c in submitted)
+  assert submitted[1]["argv"][-2:] == ["--config.optim.lr=0.001", "--config.seed=1"]
+  header = (ROOT / "launch" / "slurm.sbatch").read_text()
+  assert "#SBATCH --requeue\n" in header and "#SBATCH --signal=B:USR1@300\n" in header
+
+
+def _job(tmp_path):
+  env, log = standins.install(tmp_path)
+  env.update(SLURM_JOB_ID="42", SLURM_NTASKS="2", SLURM_JOB_NUM_NODES="1", SLURM_JOB_NODELIST="n1",
+             TESSERA_ROOT=str(ROOT))
+  proc = subprocess.Popen(["launch/slurm.sbatch", "--", *TRAINER_ARGS], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  started = pathlib.Path(f"{log}.srun_started")
+  deadline = time.time() + 60
+  while not started.exists() and time.time() < deadline:
+    time.sleep(0.1)
+  time.sleep(0.3)  # the script is in `wait` with its traps set
+  return proc, log
+
+
+def test_slurm_time_limit_signal_saves_then_requeues(tmp_path):
+  proc, log = _job(tmp_path)
+  proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 sends 300 s before the time limit
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err
+  calls = standins.calls(log)
+  assert any(c["argv"][0] == "srun" and c.get("signal") == "TERM" for c in calls)  # the tasks saved and exited
+  assert [c["argv"] for c in calls if c["argv"][0] == "scontrol"] == [["scontrol", "requeue", "42"]]
+  assert "requeued" in err
+
+
+def test_slurm_sigterm_stops_the_tasks_without_a_requeue(tmp_path):
+  proc, log = _job(tmp_path)
+  proc.send_signal(signal.SIGTERM)
+  proc.communicate(timeout=60)
+  calls = standins.calls(log)
+  assert proc.returncode == 1 and any(c.get("signal") == "TERM" for c in calls)
+  assert not [c for c in calls if c["argv"][0] == "scontrol"]
