@@ -12,16 +12,17 @@ from tessera_testing import ROOT, TINY, run_cli
 CONFIG = "configs/trimkv.py"
 
 
-def restore(workdir, step):
-  """The saved train state as {keystr: numpy} (plain Orbax in a subprocess, as tests/methods does)."""
-  code = f"""
-import sys, jax, numpy as np, orbax.checkpoint as ocp
-state = ocp.PyTreeCheckpointer().restore({str(workdir / 'checkpoints' / str(step) / 'state')!r})
-np.savez(sys.argv[1], **{{jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)}})
+def restore(*runs):
+  """The saved train states of (workdir, step) pairs as {keystr: numpy} each (plain Orbax, one subprocess)."""
+  code = """
+import json, sys, jax, numpy as np, orbax.checkpoint as ocp
+for path, out in json.loads(sys.argv[1]):
+  state = ocp.PyTreeCheckpointer().restore(path)
+  np.savez(out, **{jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)})
 """
-  out = workdir.parent / f"{workdir.name}_{step}.npz"
-  subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=ROOT)
-  return dict(np.load(out))
+  pairs = [(str(w / "checkpoints" / str(s) / "state"), str(w.parent / f"{w.name}_{s}.npz")) for w, s in runs]
+  subprocess.run([sys.executable, "-c", code, json.dumps(pairs)], check=True, cwd=ROOT)
+  return [dict(np.load(out)) for _, out in pairs]
 
 
 def metrics(workdir):
@@ -65,7 +66,7 @@ def test_gate_training_lowers_the_loss(gate_run):
 
 
 def test_base_weights_bit_identical_and_only_gates_train(base_run, gate_run):
-  source, final = restore(base_run, 4), restore(gate_run, 20)
+  source, final = restore((base_run, 4), (gate_run, 20))
   base = {k[len("['params']"):]: v for k, v in source.items() if k.startswith("['params']")}
   frozen = {k[len("['frozen']"):]: v for k, v in final.items() if k.startswith("['frozen']")}
   assert frozen.keys() == base.keys()

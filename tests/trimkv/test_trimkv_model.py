@@ -126,7 +126,7 @@ def test_power_matrix_and_no_nan_at_4096():
   T = 4096
   lb_1x1xT = -jnp.asarray(np.random.default_rng(1).uniform(0, 50, (1, 1, T)), jnp.float32)
   lb_1x1xT = lb_1x1xT.at[0, 0, :4].set(jnp.array([0.0, -50.0, -1e-8, -25.0]))
-  q, k, v = normal((1, T, 2, 8), 1), normal((1, T, 1, 8), 2), normal((1, T, 1, 8), 3)
+  q, k, v = normal((1, T, 1, 4), 1), normal((1, T, 1, 4), 2), normal((1, T, 1, 4), 3)
 
   @jax.jit
   def run(q, lb):
