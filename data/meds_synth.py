@@ -140,9 +140,9 @@ def write_dataset(out: pathlib.Path, num_subjects: int = 200, seed: int = 0) -> 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m tessera.data.meds_synth", description=__doc__.splitlines()[0])
-  parser.add_argument("--out", required=True, type=pathlib.Path)
-  parser.add_argument("--subjects", type=int, default=4000)
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", required=True, type=pathlib.Path, help="the MEDS directory to write")
+  parser.add_argument("--subjects", type=int, default=4000, help="synthetic subjects (default: %(default)s)")
+  parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
   args = parser.parse_args(argv)
   write_dataset(args.out, args.subjects, args.seed)
   print(f"meds_synth: wrote {args.subjects} subjects to {args.out}")

@@ -33,8 +33,11 @@ LARGE_TRAIN_SUBJECTS = 1000
 
 def parse_args(argv):
   parser = prepare_io.ArgumentParser(prog="scripts/prepare_meds", description=__doc__.splitlines()[0])
-  parser.add_argument("--input", required=True, type=pathlib.Path, metavar="MEDS_DIR")
-  parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR")
+  parser.add_argument("--input", required=True, type=pathlib.Path, metavar="MEDS_DIR",
+                      help="a MEDS dataset (data/**/*.parquet, metadata/codes.parquet, "
+                           "metadata/subject_splits.parquet)")
+  parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",
+                      help="the prepared directory (created atomically; a rerun with the same inputs is a no-op)")
   parser.add_argument("--min-subjects", type=prepare_io.at_least(0), default=0,
                       help=f"train subjects a code needs to get its own token (default: 2, or 100 with >= "
                            f"{LARGE_TRAIN_SUBJECTS} train subjects)")

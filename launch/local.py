@@ -137,8 +137,9 @@ def main(argv=None):
   split = argv.index("--")
   p = _Parser(prog="launch/local.py", description=__doc__.splitlines()[0],
                               usage="%(prog)s --processes N --devices-per-process M [options] -- <trainer args>")
-  p.add_argument("--processes", type=int, required=True)
-  p.add_argument("--devices-per-process", type=int, required=True, dest="devices")
+  p.add_argument("--processes", type=int, required=True, help="JAX processes to start on this machine")
+  p.add_argument("--devices-per-process", type=int, required=True, dest="devices",
+                 help="fake CPU devices per process (XLA_FLAGS host platform device count)")
   p.add_argument("--timeout", type=float, default=3600, help="seconds before everything is stopped (0 = never)")
   p.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL when stopping")
   p.add_argument("--port", type=int, help="coordinator port (default: a free one)")

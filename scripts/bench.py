@@ -133,9 +133,11 @@ def shapes(names, steps):
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--json", help="write the results here")
-  p.add_argument("--config", default="configs/quickstart.py")
+  p.add_argument("--config", default="configs/quickstart.py",
+                 help="the config whose overhead is measured (default: %(default)s)")
   p.add_argument("--steps", type=int, default=12, help="steps per segment")
-  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--repeats", type=int, default=5,
+                 help="timed repeats per segment; the best counts (default: %(default)s)")
   p.add_argument("--shapes", help="comma-separated reference shapes (a,b) to measure instead of the overhead")
   p.add_argument("--stem", action="store_true", help="STEM rows (scripts/bench_stem.py) instead of the overhead")
   p.add_argument("--frozen", action="store_true", help="gate-only vs full training (scripts/bench_frozen.py)")

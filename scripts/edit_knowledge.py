@@ -18,14 +18,15 @@ from tessera.trainer.config_loader import ConfigError
 def parse(argv):
   p = argparse.ArgumentParser(prog="edit_knowledge", description=__doc__.splitlines()[0])
   p.add_argument("--workdir", required=True, help="a STEM run directory (config.json and checkpoints/)")
-  p.add_argument("--prompt", required=True)
+  p.add_argument("--prompt", required=True, help="the text continued before and after the edit")
   p.add_argument("--swap", required=True, help="SOURCE=TARGET: SOURCE's lookups read TARGET's rows")
   p.add_argument("--mode", default="replace", choices=("replace", "align", "mean"),
                  help="replace: one-for-one ids when token counts match (else falls back to mean); align: TARGET's "
                       "ids fitted to SOURCE's length (repeated when shorter, its longest tokens by bytes when "
                       "longer; stem.md section 9), then replaced one for one; mean: the mean of TARGET's rows at "
                       "every SOURCE position")
-  p.add_argument("--max-new-tokens", type=int, default=40)
+  p.add_argument("--max-new-tokens", type=int, default=40,
+                 help="tokens generated per continuation (default: %(default)s)")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
   return p.parse_args(argv)
 

@@ -27,9 +27,10 @@ def load(workdir):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("runs", nargs="+", type=pathlib.Path)
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
-  parser.add_argument("--name", default="jepa_ehr")
+  parser.add_argument("runs", nargs="+", type=pathlib.Path, help="probed EHR run directories")
+  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"),
+                      help="where the table and plots go (default: %(default)s)")
+  parser.add_argument("--name", default="jepa_ehr", help="file name stem of the outputs (default: %(default)s)")
   args = parser.parse_args(argv)
   auroc = defaultdict(list)  # (objective, encoder, task, node) -> [per seed]
   curves = defaultdict(list)  # objective -> [(steps, sft_loss, z_hat_std)]

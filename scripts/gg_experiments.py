@@ -54,10 +54,11 @@ def eval_curve(workdir):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--runs", default="runs/gg_experiments")
-  p.add_argument("--out", default="docs/results")
-  p.add_argument("--steps", type=int, default=150)
-  p.add_argument("--seeds", type=int, default=2)
+  p.add_argument("--runs", default="runs/gg_experiments",
+                 help="workdirs of the runs, one per variant and seed (default: %(default)s)")
+  p.add_argument("--out", default="docs/results", help="where the results page and plots go (default: %(default)s)")
+  p.add_argument("--steps", type=int, default=150, help="train steps per run (default: %(default)s)")
+  p.add_argument("--seeds", type=int, default=2, help="seeds per variant (default: %(default)s)")
   a = p.parse_args()
   runs, out = ROOT / a.runs, ROOT / a.out
   out.mkdir(parents=True, exist_ok=True)

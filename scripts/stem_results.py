@@ -80,8 +80,8 @@ def plot(results, path):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("workdirs", nargs="+")
-  p.add_argument("--out", default="docs/results")
+  p.add_argument("workdirs", nargs="+", help="finished STEM/baseline run directories")
+  p.add_argument("--out", default="docs/results", help="where the table and plots go (default: %(default)s)")
   args = p.parse_args()
   results = [summarize(w) for w in args.workdirs]
   out = pathlib.Path(args.out)

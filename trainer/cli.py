@@ -116,11 +116,11 @@ def parser(command):
     p.add_argument("--prompt", help="one prompt (printed with its continuation)")
     p.add_argument("--prompts", metavar="FILE", help="one prompt per line, decoded as one batch; one output line "
                    "each (newlines in a continuation escaped as \\n)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens generated per prompt (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus: the smallest set with this mass (1 = all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--kv-policy", default="full", help="KV cache: full (every token), window, sink_window")
     p.add_argument("--kv-budget", type=int, help="M: entries kept per layer and KV head (window, sink_window)")
     p.add_argument("--kv-buffer", type=int, help="B: entries written between evictions (default max(8, M // 4))")

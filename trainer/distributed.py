@@ -52,9 +52,9 @@ _state = {"group": None, "barrier_timeout": DEFAULT_TIMEOUTS["TESSERA_BARRIER_TI
 def split_flags(argv):
   """(explicit flag values, the other args): the three join flags are accepted by every command."""
   p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  p.add_argument("--coordinator")
-  p.add_argument("--num-processes", dest="num_processes")
-  p.add_argument("--process-id", dest="process_id")
+  p.add_argument("--coordinator", help="HOST:PORT of process 0 (multi-process runs)")
+  p.add_argument("--num-processes", dest="num_processes", help="processes in the run")
+  p.add_argument("--process-id", dest="process_id", help="this process's index, 0 .. N-1")
   known, rest = p.parse_known_args(argv)
   return {k: v for k, v in vars(known).items() if v is not None}, rest
 

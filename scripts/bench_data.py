@@ -3,6 +3,8 @@ measured in one run, plus MEDS prepare throughput.
 
   scripts/bench_data [--json PATH] [--steps 12] [--batches 200] [--workers 0,2]
 
+A user command, not part of tessera.data: it drives the trainer (and data must never import the trainer).
+
 1. Writes the embedded corpus as .jsonl and prepares it (byte tokenizer: the quickstart's vocabulary).
 2. Times the prepared pipeline at the quickstart shape (batch 16 x 128) with each worker count.
 3. Trains the quickstart config on that directory for a few steps through tessera.trainer.loop.Run and takes the
@@ -63,12 +65,18 @@ def meds_events_per_second(meds_dir, out) -> tuple[int, float]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="scripts/bench_data", description=__doc__.splitlines()[0])
-  parser.add_argument("--json", type=pathlib.Path, default=None)
-  parser.add_argument("--steps", type=int, default=12)
-  parser.add_argument("--batches", type=int, default=200)
-  parser.add_argument("--workers", default="0,2")
-  parser.add_argument("--synthetic-subjects", type=int, default=1000)
+  parser = argparse.ArgumentParser(prog="scripts/bench_data", description=" ".join(__doc__.split("\n\n")[0].split()))
+  parser.add_argument("--json", type=pathlib.Path, default=None, metavar="PATH",
+                      help="also write the results as JSON to PATH")
+  parser.add_argument("--steps", type=int, default=12,
+                      help="quickstart train steps timed for the step's appetite (the first 3 excluded; "
+                           "default: %(default)s)")
+  parser.add_argument("--batches", type=int, default=200,
+                      help="batches read per pipeline timing (default: %(default)s)")
+  parser.add_argument("--workers", default="0,2",
+                      help="comma-separated grain worker counts to time the pipeline with (default: %(default)s)")
+  parser.add_argument("--synthetic-subjects", type=int, default=1000,
+                      help="subjects in the synthetic MEDS set whose preparation is timed (default: %(default)s)")
   args = parser.parse_args(argv)
   c = quickstart.get_config()
   results = {"seq_len": c.train.seq_len, "batch_size": c.train.batch_size}
