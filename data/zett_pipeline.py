@@ -11,7 +11,7 @@ batches are identity-stage batches (§4: `n_slots` old ids sampled uniformly, su
 The vocabulary travels split over the batch rows so every field has the batch as its leading axis (the trainer's
 batch sharding): surface [B, n/B, L], special [B, n/B], valid [B, n/B]. Eval batches: held-out spans under one
 fixed sampled tokenizer (seeded apart from every training step), so eval losses are comparable across steps.
-The old tokenizer is the cached base BPE (tessera.data.zett_corpus), the same file the base run trained with.
+The old tokenizer is the base run's (init.workdir's data/tokenizer.json, copied into this run's data/ once).
 """
 import pathlib
 import queue as queue_lib
@@ -40,6 +40,7 @@ def add_keys(c, identity_fraction=1 / 6):
   c.data.zett = ml_collections.ConfigDict(dict(DEFAULTS))
   c.data.zett.identity_steps = (c.train.get_ref("steps") * identity_fraction).to_int()
   c.data.zett.n_slots = c.model.zett.get_ref("n_slots")
+  c.data.base_workdir = c.init.get_ref("workdir")  # its data/tokenizer.json is the old tokenizer
   return c
 
 
@@ -186,8 +187,16 @@ class ZettPipeline:
 
 @registry.preparer("zett")
 def prepare(cfg_data, directory, seed):
-  """The base tokenizer (and its prepared data) from the cache: the same files the base run copied."""
-  zett_corpus.prepare(cfg_data, directory, seed)
+  """The base run's own prepared data (`data.base_workdir`, which follows init.workdir): the old tokenizer must be
+  the one the frozen LM was trained with. Without a base run (smoke tests): the cached BPE."""
+  base = pathlib.Path(cfg_data.get("base_workdir", "") or "") / "data"
+  if cfg_data.get("base_workdir", "") and (base / "tokenizer.json").is_file():
+    zett_corpus.copy_prepared(base, pathlib.Path(directory))
+  elif cfg_data.get("base_workdir", ""):
+    raise ValueError(f"config key 'init.workdir': {base.parent} has no data/tokenizer.json (the base LM's "
+                     "tokenizer; train it with configs/zett.py:base)")
+  else:
+    zett_corpus.prepare(cfg_data, directory, seed)
 
 
 @registry.register("zett")

@@ -68,6 +68,9 @@ def check(args):
     target = text_tokenizer.load_file(pathlib.Path(args.tokenizer))
   except DataError as e:
     raise ConfigError(f"--tokenizer: {e}") from None
+  complete = getattr(text_tokenizer, "with_special_tokens", None)
+  if complete is not None:  # the special tokens prepared data adds (<pad>, ...), before the vocabulary is sized
+    complete(target)
   size = target.get_vocab_size(with_added_tokens=True)
   if args.vocab_size and size > args.vocab_size:
     raise ConfigError(f"--tokenizer: {size} tokens exceed --vocab-size {args.vocab_size}")
@@ -114,7 +117,7 @@ def decoder_config(zett_config, vocab_size, data_dir):
   """The zett run's LM as a plain decoder run over `data_dir` (prepared with the new tokenizer)."""
   value = config_loader.to_dict(zett_config)
   for section, key in (("model", "zett"), ("loss", "zett"), ("data", "zett"), ("data", "bpe_vocab_size"),
-                       ("data", "cache_dir"), ("data", "max_docs")):
+                       ("data", "cache_dir"), ("data", "max_docs"), ("data", "base_workdir")):
     value[section].pop(key, None)
   value["model"].update(name="decoder", vocab_size=vocab_size)
   value["loss"] = {"name": "next_token"}
