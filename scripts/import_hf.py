@@ -44,6 +44,8 @@ def parse_args(argv):
                       "training; default: the embedded corpus encoded with the model's tokenizer into OUT/data")
   p.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
                  help="dtype of the run's params (float32 holds bf16 and fp16 checkpoints exactly)")
+  p.add_argument("--fsdp", type=int, default=1, help="config.mesh.fsdp of the run (the import reads into it)")
+  p.add_argument("--tensor", type=int, default=1, help="config.mesh.tensor of the run (the import reads into it)")
   p.add_argument("--params-only", action="store_true",
                  help="checkpoint only {step, params, frozen, model_state} (no optimizer state): for eval, sample "
                       "and init.workdir; `scripts/train --workdir OUT` needs the full state")
@@ -118,11 +120,13 @@ def check_tensors(model, files):
   return plan
 
 
-def tessera_config(model_keys, param_dtype, data_path):
-  """A complete run config: the spine's defaults, the translated model, fine-tuning-sized optimizer defaults."""
+def tessera_config(model_keys, param_dtype, data_path, fsdp=1, tensor=1):
+  """A complete run config: the spine's defaults, the translated model, fine-tuning-sized optimizer defaults,
+  the mesh the weights are read into (and the run trains on)."""
   from tessera.configs import defaults
   c = defaults.base_config()
   c.model.update(model_keys)
+  c.mesh.update(fsdp=fsdp, tensor=tensor)
   c.model.update(param_dtype=param_dtype, dtype=param_dtype)
   c.optim.lr = 1e-5  # a pretrained model: the spine's 3e-3 is a from-scratch rate
   c.optim.warmup_steps = 0  # fixed in config.json (not a train.steps reference): any train.steps stays valid
@@ -250,8 +254,11 @@ def run(args):
     data_path = None
     print(f"warning: {model_dir} has no tokenizer.json; the run reads the embedded corpus as byte tokens",
           file=sys.stderr)
-  config = tessera_config(keys, args.param_dtype, data_path)
+  config = tessera_config(keys, args.param_dtype, data_path, args.fsdp, args.tensor)
   check_config(config)
+  if jax.device_count() % (args.fsdp * args.tensor):
+    raise HFError(f"--fsdp {args.fsdp} --tensor {args.tensor}: {jax.device_count()} devices are not a multiple "
+                  f"of {args.fsdp * args.tensor}")
   tmp = out.parent / f".{out.name}.partial"
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
