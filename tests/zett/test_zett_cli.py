@@ -162,3 +162,20 @@ def test_resume_after_sigkill_reproduces_the_run_bit_for_bit(runs, tmp_path):
                     for l in (w / "metrics.jsonl").read_text().splitlines()}
   got, want = rows(workdir), rows(zett)
   assert all(got[s] == want[s] for s in range(5, STEPS + 1))
+
+
+def test_eval_tokenizer_transfer_refuses_a_run_that_is_not_zett(runs, target_tokenizer, tmp_path, capsys):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("eval_tokenizer_transfer",
+                                                ROOT / "scripts" / "eval_tokenizer_transfer.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  base, _ = runs
+  bad = tmp_path / "bad.json"
+  bad.write_text("[]")
+  for argv in (["--workdir", str(base), "--tokenizers", str(target_tokenizer)],
+               ["--workdir", str(runs[1]), "--tokenizers", str(bad)]):
+    assert module.main(argv + ["--out-dir", str(tmp_path / "o"), "--results", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+  assert not (tmp_path / "o").exists() and not (tmp_path / "r.md").exists()
