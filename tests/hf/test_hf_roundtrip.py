@@ -31,10 +31,12 @@ MODELS = {
 }
 
 
-def tessera_run(workdir, model, prepared):
+def tessera_run(workdir, model, prepared, edit=None):
   """A step-0 run of `model` with every param random (norm scales and biases too, so each one is checked)."""
   c = defaults.base_config()
   c.model.update(model)
+  if edit is not None:
+    edit(c)
   c.data.path = str(prepared)
   factory = state_lib.StateFactory(c, mesh_lib.make_mesh(c))
   state = factory.init(0)
@@ -93,3 +95,19 @@ def test_hf_folder_survives_import_export(tmp_path, prepared):
     assert out_cfg[key] == value, key
   assert (tmp_path / "out" / "tokenizer_config.json").read_text() == (tmp_path / "hf" /
                                                                        "tokenizer_config.json").read_text()
+
+
+def test_trimkv_gates_go_to_their_own_file(tmp_path, prepared):
+  """A TRIM-KV run exports its base decoder as HF tensors and its retention gates as trimkv_extra.safetensors."""
+  from tessera.configs import trimkv as trimkv_config
+
+  def as_trimkv(c):
+    trimkv_config.add_model_keys(c, gate_hidden=8)
+    trimkv_config.add_loss_keys(c)
+  source = flat(tessera_run(tmp_path / "run", MODELS["qwen3"], prepared, as_trimkv))
+  assert export_hf.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+  extra = load_file(str(tmp_path / "hf" / "trimkv_extra.safetensors"))
+  assert extra and all("retention_gate" in name for name in extra)
+  for name, array in extra.items():
+    assert np.array_equal(array, source[name]), name
+  assert len(load_file(str(tmp_path / "hf" / "model.safetensors"))) == len(source) - len(extra)
