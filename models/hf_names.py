@@ -8,8 +8,6 @@ transposes: a round trip is bit for bit. docs/interop.md prints this table.
 import dataclasses
 from typing import Callable
 
-import numpy as np
-
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -111,7 +109,3 @@ def unstack_layers(params):
 
 def path_name(path):
   return "/".join(str(k) for k in path)
-
-
-def as_numpy(x):
-  return np.asarray(x)
