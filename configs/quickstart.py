@@ -8,7 +8,13 @@ from tessera.configs import stem
 
 
 def get_config(arg=None):
-  del arg
+  """No argument: the quickstart; `tiny`: the same recipe at CI size (configs/stem.py:tiny, seconds)."""
+  if arg not in (None, "", "tiny"):
+    raise ValueError(f"configs/quickstart.py: unknown variant {arg!r}; choose tiny or none")
+  if arg == "tiny":
+    c = stem.build("tiny")
+    c.lock()
+    return c
   c = stem.build("small")
   c.train.update(dict(batch_size=16, seq_len=128, steps=600))
   c.eval.update(dict(every_steps=200, batches=8))

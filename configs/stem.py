@@ -6,7 +6,8 @@ up-projection in `model.stem.layers`. Every variant has a dense twin with identi
   scripts/train --config configs/stem.py:small --sweep    # dense / 1/3 / 1/2 / all, and table_init=normal_1
   scripts/edit_knowledge --workdir runs/stem_small --prompt "Return the value of the " --swap " the= a"
 
-`base` / `base_dense` (one GPU): d=512, L=8, F=1536, V=32k, every other layer STEM, T=1024.
+`base` / `base_dense` (one GPU): d=512, L=8, F=1536, V=32k, every other layer STEM, T=1024. `tiny` / `tiny_dense`:
+CI size (d=64, L=2, STEM layer 1, 20 steps).
 Optimizer (spec §6): AdamW b1 0.9, b2 0.95, eps 1e-8, wd 0.1, warmup + cosine; the tables are their own parameter
 group (pattern "stem_table", same hyperparameters) so each group clips its own gradient norm; dense AdamW over the
 whole table (`optim.stem_update=sparse_rows` is the non-paper lazy variant). Backbone init: Lingua's.
@@ -19,10 +20,11 @@ from tessera.configs import gg
 _VARIANTS = {
     # name: (d_model, n_layers, n_heads, d_ff, vocab_size (0: tokenizer's), seq_len, batch, steps, lr,
     #        warmup as a fraction of train.steps)
+    "tiny": (64, 2, 4, 192, 0, 64, 8, 20, 3e-3, 0.05),  # tests and docstring checks: seconds on a CPU
     "small": (128, 4, 4, 384, 0, 256, 16, 2000, 3e-3, 0.05),
     "base": (512, 8, 8, 1536, 0, 1024, 64, 20000, 3e-4, 0.1),
 }
-STEM_LAYERS = {"small": [1, 3], "base": [1, 3, 5, 7]}
+STEM_LAYERS = {"tiny": [1], "small": [1, 3], "base": [1, 3, 5, 7]}
 
 
 def add_keys(c):
