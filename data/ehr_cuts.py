@@ -38,15 +38,15 @@ def prefix_length(tokens, tokenizer) -> int:
 
 
 class Subject:
-  """One record's tokens, times, prefix length and its valid cut times (as context end indices)."""
+  """One record's index, prefix length and valid cut times (as context/future end indices). Tokens stay on disk
+  (ArrayRecord reads are random access), so memory grows with cut points, not with history length."""
 
-  def __init__(self, record: bytes, tokenizer, horizon_us: int, min_ctx: int):
-    self.tokens = array_record_io.decode_tokens(record, True)
-    self.times = array_record_io.decode_times(record)
-    self.prefix = prefix_length(self.tokens, tokenizer)
-    body_end = len(self.tokens) - 1 if self.tokens[-1] == tokenizer.eos_id else len(self.tokens)
-    self.body_end = body_end
-    body_times = self.times[self.prefix:body_end]
+  def __init__(self, index: int, record: bytes, tokenizer, horizon_us: int, min_ctx: int):
+    tokens, times = array_record_io.decode_tokens(record, True), array_record_io.decode_times(record)
+    self.index = index
+    self.prefix = prefix_length(tokens, tokenizer)
+    body_end = len(tokens) - 1 if tokens[-1] == tokenizer.eos_id else len(tokens)
+    body_times = times[self.prefix:body_end]
     cut_times = np.unique(body_times)
     ctx_end = self.prefix + np.searchsorted(body_times, cut_times, side="right")  # index after the context
     fut_end = self.prefix + np.searchsorted(body_times, cut_times + horizon_us, side="right")
@@ -54,13 +54,12 @@ class Subject:
     self.cut_times, self.ctx_end, self.fut_end = cut_times[valid], ctx_end[valid], fut_end[valid]
 
 
-def window(subject: Subject, ctx_end: int, fut_end: int, ctx_len: int, fut_len: int, pad_id: int):
+def window(tokens, prefix: int, ctx_end: int, fut_end: int, ctx_len: int, fut_len: int, pad_id: int):
   """(tokens [ctx_len + fut_len] padded, cut_idx, last_idx) for context tokens[:ctx_end] and future
   tokens[ctx_end:fut_end], truncated as §5 says."""
-  keep = ctx_len - subject.prefix
-  start = max(subject.prefix, ctx_end - keep)
-  ctx = np.concatenate([subject.tokens[:subject.prefix], subject.tokens[start:ctx_end]])[:ctx_len]
-  fut = subject.tokens[ctx_end:min(fut_end, ctx_end + fut_len)]
+  start = max(prefix, ctx_end - (ctx_len - prefix))
+  ctx = np.concatenate([tokens[:prefix], tokens[start:ctx_end]])[:ctx_len]
+  fut = tokens[ctx_end:min(fut_end, ctx_end + fut_len)]
   row = np.full(ctx_len + fut_len, pad_id, dtype=np.int32)
   row[:len(ctx)] = ctx
   row[len(ctx):len(ctx) + len(fut)] = fut
@@ -89,16 +88,17 @@ def row_fields(rows, pad_id, fut_len):
 class CutRows:
   """Global row index -> a window (pure function of seed and index; a class so grain workers can unpickle it)."""
 
-  def __init__(self, subjects, seed, ctx_len, fut_len, pad_id, salt):
-    self.subjects, self.seed, self.salt = subjects, seed, salt
+  def __init__(self, source, subjects, seed, ctx_len, fut_len, pad_id, salt):
+    self.source, self.subjects, self.seed, self.salt = source, subjects, seed, salt
     self.ctx_len, self.fut_len, self.pad_id = ctx_len, fut_len, pad_id
 
   def __call__(self, index: int):
     rng = np.random.default_rng([self.seed, self.salt, int(index)])
     subject = self.subjects[int(rng.integers(len(self.subjects)))]
     k = int(rng.integers(len(subject.cut_times)))
-    return window(subject, int(subject.ctx_end[k]), int(subject.fut_end[k]), self.ctx_len, self.fut_len,
-                  self.pad_id)
+    tokens = array_record_io.decode_tokens(self.source[subject.index], True)
+    return window(tokens, subject.prefix, int(subject.ctx_end[k]), int(subject.fut_end[k]), self.ctx_len,
+                  self.fut_len, self.pad_id)
 
 
 class CutBatch:
@@ -136,7 +136,9 @@ class CutPointPipeline:
       raise ValueError(f"data.horizon_days: no train subject of {self.directory} has a cut time with >= "
                        f"{min_ctx_events} context tokens and a future event within {horizon_days} days")
     self.eval_split = self.stats["eval_split"]
-    self.eval = self._subjects(self.eval_split) or self.train
+    self.eval = self._subjects(self.eval_split)
+    if not self.eval:
+      self.eval_split, self.eval = self.stats["train_split"], self.train
     self.num_train_rows = len(self.train)
 
   def source(self, split):
@@ -148,8 +150,15 @@ class CutPointPipeline:
     if split not in self.stats["splits"]:
       return []
     source = self.source(split)
-    subjects = [Subject(source[i], self.tokenizer, self.horizon_us, self.min_ctx) for i in range(len(source))]
+    subjects = [Subject(i, source[i], self.tokenizer, self.horizon_us, self.min_ctx) for i in range(len(source))]
     return [s for s in subjects if len(s.cut_times)]
+
+  def rows(self, which):
+    """The row function of the train stream (run seed, salt 0) or the fixed eval windows (seed 0, salt 1)."""
+    if which == "train":
+      return CutRows(self.source(self.stats["train_split"]), self.train, self.seed, self.ctx_len, self.fut_len,
+                     self.pad_id, 0)
+    return CutRows(self.source(self.eval_split), self.eval, 0, self.ctx_len, self.fut_len, self.pad_id, 1)
 
   @property
   def rows_per_epoch(self) -> int:
@@ -157,14 +166,13 @@ class CutPointPipeline:
 
   def train_batches(self, start_batch: int, rows: slice):
     """Global batches start_batch, start_batch + 1, ...: identical for any process/worker count and on resume."""
-    gather = CutBatch(CutRows(self.train, self.seed, self.ctx_len, self.fut_len, self.pad_id, 0),
+    gather = CutBatch(self.rows("train"),
                       self.global_batch_size, global_order.local_rows(self.global_batch_size, rows))
     return global_order.batches(gather, start_batch, workers=self.workers, prefetch=self.prefetch)
 
   def eval_batches(self, num_batches: int, rows: slice):
     """Fixed eval windows from the eval split (a different salt than train, the same every call)."""
-    gather = CutBatch(CutRows(self.eval, 0, self.ctx_len, self.fut_len, self.pad_id, 1), self.global_batch_size,
-                      global_order.local_rows(self.global_batch_size, rows))
+    gather = CutBatch(self.rows("eval"), self.global_batch_size, global_order.local_rows(self.global_batch_size, rows))
     return [gather(k) for k in range(num_batches)]
 
   def unigram_entropy_nats(self) -> float:

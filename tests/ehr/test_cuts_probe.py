@@ -27,31 +27,33 @@ def pipeline(prepared, seed=0):
                                    global_batch_size=4, seed=seed, prefetch=0)
 
 
-def row_times(p, subject_index, index):
-  """The times of a sampled window's tokens, recomputed from the subject the sampler drew."""
+def drawn(p, index):
+  """The subject, cut k, tokens and times the train sampler used for row `index`."""
   rng = np.random.default_rng([p.seed, 0, index])
   subject = p.train[int(rng.integers(len(p.train)))]
   k = int(rng.integers(len(subject.cut_times)))
-  return subject, k
+  record = p.source("train")[subject.index]
+  return subject, k, array_record_io.decode_tokens(record, True), array_record_io.decode_times(record)
 
 
 def test_windows_respect_the_cut_and_horizon_and_keep_the_prefix(prepared):
   p = pipeline(prepared)
-  rows = ehr_cuts.CutRows(p.train, p.seed, CTX, FUT, p.pad_id, 0)
+  rows = p.rows("train")
   truncated = 0
   for index in range(40):
     tokens, cut_idx, last_idx = rows(index)
-    subject, k = row_times(p, 0, index)
+    subject, k, all_tokens, times = drawn(p, index)
     t_c, ctx_end, fut_end = subject.cut_times[k], subject.ctx_end[k], subject.fut_end[k]
     assert subject.ctx_end[k] - subject.prefix >= 16 and fut_end > ctx_end
-    np.testing.assert_array_equal(tokens[:subject.prefix], subject.tokens[:subject.prefix])  # <bos>, static, age
+    np.testing.assert_array_equal(tokens[:subject.prefix], all_tokens[:subject.prefix])  # <bos>, static, age
     n_ctx = cut_idx + 1
-    body = subject.tokens[ctx_end - (n_ctx - subject.prefix):ctx_end]
+    body = all_tokens[ctx_end - (n_ctx - subject.prefix):ctx_end]
     np.testing.assert_array_equal(tokens[subject.prefix:n_ctx], body)  # the latest context, left-truncated
-    assert np.all(subject.times[ctx_end - (n_ctx - subject.prefix):ctx_end] <= t_c)
+    assert np.all(times[ctx_end - (n_ctx - subject.prefix):ctx_end] <= t_c) and times[ctx_end - 1] == t_c
     n_fut = last_idx - cut_idx
     assert 1 <= n_fut <= FUT
-    future_times = subject.times[ctx_end:ctx_end + n_fut]
+    np.testing.assert_array_equal(tokens[n_ctx:last_idx + 1], all_tokens[ctx_end:ctx_end + n_fut])
+    future_times = times[ctx_end:ctx_end + n_fut]
     assert np.all(future_times > t_c) and np.all(future_times <= t_c + HORIZON_DAYS * ehr_cuts.DAY_US)
     assert np.all(tokens[last_idx + 1:] == p.pad_id)
     fields = ehr_cuts.row_fields([(tokens, cut_idx, last_idx)], p.pad_id, FUT)
