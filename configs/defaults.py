@@ -27,11 +27,12 @@ def base_config():
   # (e.g. a test's model and objective) registers itself this way; recorded in config.json, so resumes find it.
   c.imports = []
 
+  # log_every_steps: the console's step line (also the first and last step); metrics.jsonl/TensorBoard get every step.
   # trainable: re.search pattern on '/'-joined parameter paths; non-matching params are frozen (state["frozen"]).
   # memory_budget_gb: per device, for the ahead-of-time memory check in setup (0 = the device's memory; CPU: 80% of
   # RAM shared by the local devices).
   c.train = ml_collections.ConfigDict(dict(
-      steps=100, batch_size=8, seq_len=128, microbatches=1, log_every_steps=1, trainable=".*",
+      steps=100, batch_size=8, seq_len=128, microbatches=1, log_every_steps=10, trainable=".*",
       memory_budget_gb=0.0))
 
   steps = c.train.get_ref("steps")
