@@ -104,7 +104,8 @@ class Run:
     if self.latest is None:
       workdir_lib.check_fresh(self.workdir)
     self.data = build_pipeline(c, self.workdir)
-    resolve_vocab_size(c, self.data.vocab_size, inherited=self.latest is not None)
+    # a resumed run, or one whose weights come from another run (e.g. an imported checkpoint), keeps its size
+    resolve_vocab_size(c, self.data.vocab_size, inherited=self.latest is not None or bool(c.init.workdir))
     self.config_dict = config_loader.to_dict(c)
     self.changes = workdir_lib.check_resume(self.workdir, self.config_dict) if self.latest is not None else {}
     validate.validate(c, jax.device_count())
