@@ -201,6 +201,10 @@ def prepare(cfg_data, directory, seed):
 
 @registry.register("zett")
 def build(cfg_data, *, seq_len, global_batch_size, seed, prepared=None):
+  """Over <workdir>/data; without a workdir (scripts/eval on a run): the base run's data, else the cache."""
+  base = pathlib.Path(cfg_data.get("base_workdir", "") or "") / "data"
+  if prepared is None and cfg_data.get("base_workdir", "") and (base / "tokenizer.json").is_file():
+    prepared = base
   directory = prepared or zett_corpus.cached_bpe(cfg_data.bpe_vocab_size, cfg_data.cache_dir,
                                                  cfg_data.get("max_docs", 0))
   return ZettPipeline(directory, cfg_data, seq_len=seq_len, global_batch_size=global_batch_size, seed=seed)

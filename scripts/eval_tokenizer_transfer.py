@@ -55,6 +55,7 @@ def parse(argv):
   p.add_argument("--continue-steps", type=int, default=500)
   p.add_argument("--ablations", default="", help="directory of the four ablation runs (trained when missing)")
   p.add_argument("--ablation-steps", type=int, default=500)
+  p.add_argument("--ablation-config", default="configs/zett.py:small", help="the config the ablation runs train")
   p.add_argument("--max-chars", type=int, default=0, help="cap held-out characters per domain (0: all)")
   p.add_argument("--seeds", type=int, default=1, help="seeds of the random / lexical baselines")
   return p.parse_args(argv)
@@ -226,14 +227,14 @@ def lm_state(ev, params):
   return state
 
 
-def ablations(ev, store, workdir, targets, directory, steps):
+def ablations(ev, store, workdir, targets, directory, steps, config="configs/zett.py:small"):
   base = ev.config.init.workdir
   if not base:
     raise ConfigError(f"--ablations: {workdir} records no init.workdir (the base run to train them from)")
   for name, (residual, aux) in ABLATIONS.items():
     run = directory / name
     if store.get("ablation", name, "done") is None:
-      run_cmd([ROOT / "scripts" / "train", "--config", "configs/zett.py:small", "--workdir", run,
+      run_cmd([ROOT / "scripts" / "train", "--config", config, "--workdir", run,
                f"--config.init.workdir={base}", f"--config.model.zett.residual={residual}",
                f"--config.loss.zett.aux_weight={aux}", f"--config.train.steps={steps}"])
       store.put(True, "ablation", name, "done")
@@ -335,7 +336,7 @@ def main(argv=None):
     if args.continue_steps > 0:
       continued(ev, store, workdir, targets, out_dir, args.continue_steps)
     if args.ablations:
-      ablations(ev, store, workdir, targets, pathlib.Path(args.ablations), args.ablation_steps)
+      ablations(ev, store, workdir, targets, pathlib.Path(args.ablations), args.ablation_steps, args.ablation_config)
   except ConfigError as e:
     print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     return 2
