@@ -93,7 +93,11 @@ class QueueSampler:
   def counts(self, k):
     if self._at == k - 1:
       self._total.update(self._chunk(k))
-      self._total.subtract(self._chunk(k - self.q))
+      popped = self._chunk(k - self.q)
+      self._total.subtract(popped)
+      for piece in popped:  # drop what left the window: the sum stays the size of the queue's substrings
+        if self._total[piece] <= 0:
+          del self._total[piece]
     elif self._at != k:
       self._total = collections.Counter()
       for j in range(k - self.q + 1, k + 1):
