@@ -1,0 +1,58 @@
+"""Cost of the JEPA dual forward pass (issue 14): the jitted train step of configs/ehr_jepa.py with λ = 1 (online
+forward + backward, EMA-target forward, predictor, EMA update) against λ = 0 (`:sft_only`: no target forward) at the
+same shape, interleaved segments, median step times.
+
+  .venv/bin/python scripts/bench_ehr.py --variant tiny --segments 6 --steps 5
+"""
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+
+from tessera.configs import ehr_jepa
+from tessera.data import ehr_cuts
+from tessera.trainer import mesh as mesh_lib
+from tessera.trainer import state as state_lib
+from tessera.trainer import step as step_lib
+
+
+def build(variant, weight, seed=0):
+  c = ehr_jepa.build(variant)
+  c.model.vocab_size = 128
+  c.loss.jepa.weight = weight
+  factory = state_lib.StateFactory(c, mesh_lib.make_mesh(c))
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(4, 119, (c.train.batch_size, c.train.seq_len)).astype(np.int32)
+  batch = ehr_cuts.row_fields([(t, c.data.ctx_len - 1, c.train.seq_len - 1) for t in tokens], 0, c.data.fut_len)
+  with factory.context():
+    state, step = factory.init(0), step_lib.make_train_step(factory)
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+  return {"factory": factory, "step": step, "state": state, "batch": batch}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--variant", default="tiny")
+  parser.add_argument("--segments", type=int, default=6)
+  parser.add_argument("--steps", type=int, default=5)
+  args = parser.parse_args(argv)
+  runs = {"sft+jepa": build(args.variant, 1.0), "sft_only": build(args.variant, 0.0)}
+  times = {name: [] for name in runs}
+  for _ in range(args.segments):
+    for name, run in runs.items():
+      with run["factory"].context():
+        began = time.perf_counter()
+        for _ in range(args.steps):
+          run["state"], metrics = run["step"](run["state"], run["batch"])
+        jax.block_until_ready(metrics)
+      times[name].append((time.perf_counter() - began) / args.steps)
+  median = {name: float(np.median(t)) for name, t in times.items()}
+  result = {"variant": args.variant, "step_seconds": median, "ratio": median["sft+jepa"] / median["sft_only"]}
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
