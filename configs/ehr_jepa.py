@@ -4,7 +4,7 @@
   scripts/prepare_meds --input MEDS_DIR --out data/meds
   scripts/train --config configs/ehr_jepa.py:small --config.data.path=data/meds --workdir runs/ehr-small
   scripts/train --config configs/ehr_jepa.py:sft_only --config.data.path=data/meds --workdir runs/ehr-sft
-  scripts/train --config configs/ehr_jepa.py:small --config.loss.jepa.schedule=curriculum ...
+  scripts/train --config configs/ehr_jepa.py:small --config.data.path=data/meds --config.loss.jepa.schedule=curriculum
   scripts/probe --workdir runs/ehr-small --tasks all
 
 Variants: `tiny` (CI: 2 layers, d=64), `small` (CPU study: 4 layers, d=128, 4/2 heads, AdamW 1e-3, cosine, clip 1,
