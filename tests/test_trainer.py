@@ -102,7 +102,8 @@ def _interrupt(workdir, sig, after_step, steps=12):
   """Start a run, send `sig` once it logged `after_step`, wait; returns the exit code."""
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   proc = subprocess.Popen([sys.executable, "-m", "tessera.trainer", *TINY, "--workdir", str(workdir),
-                           f"--config.train.steps={steps}", "--config.checkpoint.every_steps=3"],
+                           f"--config.train.steps={steps}", "--config.checkpoint.every_steps=3",
+                           "--config.train.log_every_steps=1"],
                           cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
   for line in proc.stderr:
     if line.startswith(f"step {after_step}/"):

@@ -64,7 +64,8 @@ def test_ema_model_state_is_updated_checkpointed_and_logged(head_run):
 
 def test_resume_after_sigkill_is_bitwise(pretrained, head_run, tmp_path):
   workdir = tmp_path / "killed"
-  args = ["--config", CONFIG, "--workdir", str(workdir), f"--config.init.workdir={pretrained}", BASE_ONLY]
+  args = ["--config", CONFIG, "--workdir", str(workdir), f"--config.init.workdir={pretrained}", BASE_ONLY,
+          "--config.train.log_every_steps=1"]
   proc = subprocess.Popen([sys.executable, "-m", "tessera.trainer", *args], cwd=ROOT, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE,
                           stdout=subprocess.DEVNULL)

@@ -143,7 +143,8 @@ def test_resume_after_sigkill_reproduces_the_run_bit_for_bit(runs, tmp_path):
   base, zett = runs
   workdir = tmp_path / "killed"
   args = ["--config", "configs/zett.py:tiny", "--workdir", str(workdir), f"--config.init.workdir={base}",
-          f"--config.train.steps={STEPS}", "--config.checkpoint.every_steps=4", "--config.eval.every_steps=0"]
+          f"--config.train.steps={STEPS}", "--config.checkpoint.every_steps=4", "--config.eval.every_steps=0",
+          "--config.train.log_every_steps=1"]
   proc = subprocess.Popen([sys.executable, "-m", "tessera.trainer", *args], cwd=ROOT, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE,
                           stdout=subprocess.DEVNULL)
