@@ -35,7 +35,7 @@ def load_variables(workdir):
     raise ConfigError(f"--workdir: {workdir}/checkpoints has no checkpoint")
   with config.unlocked():
     config.mesh.update(dict(data=-1, fsdp=1, tensor=1))  # any device count can read any checkpoint
-  pipeline = loop.build_pipeline(config)
+  pipeline = loop.build_pipeline(config, workdir)
   factory = state_lib.StateFactory(config, mesh_lib.make_mesh(config))
   checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint)
   try:

@@ -153,7 +153,7 @@ def deepshape(args, config, factory, params, step, tmp):
 def transform(args):
   source, out = check_args(args)
   config, factory, params, step = load_source(source)
-  pipeline = loop.build_pipeline(config)
+  pipeline = loop.build_pipeline(config, source)
   trained, frozen = factory.split_params(params)
   variables = {"params": trained, "frozen": frozen, "model_state": {}}
   source_loss = inspect_run.evaluate_variables(config, factory, variables, pipeline)["eval_loss"]
