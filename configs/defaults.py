@@ -32,7 +32,7 @@ def base_config():
   # memory_budget_gb: per device, for the ahead-of-time memory check in setup (0 = the device's memory; CPU: 80% of
   # RAM shared by the local devices).
   c.train = ml_collections.ConfigDict(dict(
-      steps=100, batch_size=8, seq_len=128, microbatches=1, log_every_steps=10, trainable=".*",
+      steps=100, batch_size=8, seq_len=128, microbatches=1, log_every_steps=1, trainable=".*",
       memory_budget_gb=0.0))
 
   steps = c.train.get_ref("steps")

@@ -16,7 +16,7 @@ def get_config(arg=None):
     c.lock()
     return c
   c = stem.build("small")
-  c.train.update(dict(batch_size=16, seq_len=128, steps=600))
+  c.train.update(dict(batch_size=16, seq_len=128, steps=600, log_every_steps=20))  # 30 step lines
   c.eval.update(dict(every_steps=200, batches=8))
   c.checkpoint.every_steps = 200
   c.lock()
