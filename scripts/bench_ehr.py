@@ -35,9 +35,9 @@ def build(variant, weight, seed=0):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--variant", default="tiny")
-  parser.add_argument("--segments", type=int, default=6)
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--variant", default="tiny", help="configs/ehr_jepa.py variant to time")
+  parser.add_argument("--segments", type=int, default=6, help="interleaved timing rounds per objective")
+  parser.add_argument("--steps", type=int, default=5, help="steps timed per round")
   args = parser.parse_args(argv)
   runs = {"sft+jepa": build(args.variant, 1.0), "sft_only": build(args.variant, 0.0)}
   times = {name: [] for name in runs}

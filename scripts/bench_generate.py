@@ -98,7 +98,7 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=64, help="decode steps timed per engine run")
   p.add_argument("--recompute-steps", type=int, default=8, help="tokens timed per recompute run")
   p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is kept)")
-  p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
+  p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)), help="comma-separated context lengths")
   args = p.parse_args(argv)
   contexts = [int(c) for c in args.contexts.split(",")]
   if max(contexts) > SEQ_LEN:

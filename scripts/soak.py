@@ -27,10 +27,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def parse(argv):
   p = argparse.ArgumentParser(prog="scripts/soak", description=__doc__.splitlines()[0])
-  p.add_argument("--kills", type=int, default=20)
-  p.add_argument("--steps", type=int, default=200)
+  p.add_argument("--kills", type=int, default=20, help="interruptions (SIGKILL or SIGTERM) before the run finishes")
+  p.add_argument("--steps", type=int, default=200, help="train.steps of the soaked run")
   p.add_argument("--every-steps", type=int, default=4, dest="every_steps", help="checkpoint.every_steps")
-  p.add_argument("--config", default="configs/lm.py:tiny")
+  p.add_argument("--config", default="configs/lm.py:tiny", help="config of the soaked run")
   p.add_argument("--seed", type=int, default=0, help="seeds the kill moments (the training seed stays the config's)")
   p.add_argument("--json", help="also write the report here")
   p.add_argument("--keep", help="run in this folder and keep it (default: a temporary folder)")

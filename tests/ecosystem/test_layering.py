@@ -7,9 +7,6 @@ import pytest
 
 from tessera_testing import ROOT
 
-# Other engineers' scripts, in progress: drop a name once its arguments have help texts.
-HELP_PENDING = {"scripts/bench_ehr.py", "scripts/bench_generate.py", "scripts/eval_tokenizer_transfer.py",
-                "scripts/soak.py"}
 
 
 def _trees(*patterns):
@@ -31,8 +28,6 @@ def test_data_and_models_never_import_the_trainer():
 def test_every_argument_has_help():
   missing = []
   for name, tree in _trees("scripts/*.py", "launch/*.py", "trainer/*.py", "data/*.py"):
-    if name in HELP_PENDING:
-      continue
     for node in ast.walk(tree):
       if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
         if not any(k.arg == "help" for k in node.keywords):
