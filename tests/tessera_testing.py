@@ -45,3 +45,18 @@ def run_json_script(code, devices, timeout=600):
                           timeout=timeout)
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def restore_states(*runs):
+  """The saved train states of (workdir, step) pairs as {keystr: numpy} each, read with plain Orbax in one
+  subprocess (so a test compares checkpoints without tessera)."""
+  import numpy as np
+  code = """
+import json, sys, jax, numpy as np, orbax.checkpoint as ocp
+for path, out in json.loads(sys.argv[1]):
+  state = ocp.PyTreeCheckpointer().restore(path)
+  np.savez(out, **{jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)})
+"""
+  pairs = [(str(w / "checkpoints" / str(s) / "state"), str(w.parent / f"{w.name}_{s}.npz")) for w, s in runs]
+  subprocess.run([sys.executable, "-c", code, json.dumps(pairs)], check=True, cwd=ROOT)
+  return [dict(np.load(out)) for _, out in pairs]

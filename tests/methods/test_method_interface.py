@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tessera_testing import ROOT, run_cli, tb_scalars
+from tessera_testing import ROOT, restore_states, run_cli, tb_scalars
 
 CONFIG = "tests/methods/toy_config.py"
 BASE_ONLY = "--config.init.map=['^base/=base/']"
@@ -18,14 +18,7 @@ BASE_ONLY = "--config.init.map=['^base/=base/']"
 
 def restore(workdir, step):
   """The saved state item as numpy, read with plain Orbax."""
-  code = f"""
-import sys, jax, numpy as np, orbax.checkpoint as ocp
-state = ocp.PyTreeCheckpointer().restore({str(workdir / 'checkpoints' / str(step) / 'state')!r})
-np.savez(sys.argv[1], **{{jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)}})
-"""
-  out = workdir.parent / f"{workdir.name}_{step}.npz"
-  subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=ROOT)
-  return dict(np.load(out))
+  return restore_states((workdir, step))[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,28 +1,14 @@
 """configs/trimkv.py through the real CLI: a tiny base LM (configs/lm.py:tiny), then gate-only training on it.
 Spec check 4 (base weights bit-identical, no optimizer state for them) and issue 12's bad-input lines."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from tessera_testing import ROOT, TINY, run_cli
+from tessera_testing import restore_states as restore
 
 CONFIG = "configs/trimkv.py"
-
-
-def restore(*runs):
-  """The saved train states of (workdir, step) pairs as {keystr: numpy} each (plain Orbax, one subprocess)."""
-  code = """
-import json, sys, jax, numpy as np, orbax.checkpoint as ocp
-for path, out in json.loads(sys.argv[1]):
-  state = ocp.PyTreeCheckpointer().restore(path)
-  np.savez(out, **{jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)})
-"""
-  pairs = [(str(w / "checkpoints" / str(s) / "state"), str(w.parent / f"{w.name}_{s}.npz")) for w, s in runs]
-  subprocess.run([sys.executable, "-c", code, json.dumps(pairs)], check=True, cwd=ROOT)
-  return [dict(np.load(out)) for _, out in pairs]
 
 
 def metrics(workdir):
