@@ -26,7 +26,8 @@ DEFAULT_LAM = 2e3 * TINY_PARAMS / 1.24e8
 def run(args, log):
   log.append(" ".join(args))
   print("+", log[-1], flush=True)
-  subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+  module_or_script = [] if args[0].endswith(".py") else ["-m"]
+  subprocess.run([sys.executable, *module_or_script, *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
 def train(workdir, overrides, a, log):
@@ -40,7 +41,7 @@ def train(workdir, overrides, a, log):
 
 def transform(command, source, out, extra, log):
   if not (out / "summary.json").exists():
-    run(["tessera.trainer.transform_run", command, "--workdir", str(source), "--out", str(out), *extra], log)
+    run(["scripts/transform_run.py", command, "--workdir", str(source), "--out", str(out), *extra], log)
   return json.loads((out / "summary.json").read_text())
 
 

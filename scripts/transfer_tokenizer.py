@@ -31,7 +31,6 @@ from tessera.trainer import config_loader
 from tessera.trainer import inspect_run
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import state as state_lib
-from tessera.trainer import transform_run
 from tessera.trainer import workdir as workdir_lib
 from tessera.trainer.config_loader import ConfigError
 
@@ -167,7 +166,7 @@ def transfer(args):
     with new_config.unlocked():
       new_config.mesh.update(dict(data=-1, fsdp=1, tensor=1))
     new_factory = state_lib.StateFactory(new_config, mesh_lib.make_mesh(new_config))
-    transform_run.save_params(tmp, new_factory, step, jax.device_put(lm, new_factory.all_params(
+    inspect_run.save_params(tmp, new_factory, step, jax.device_put(lm, new_factory.all_params(
         new_factory.param_shardings, new_factory.frozen_shardings)))
     summary = {"source": str(source), "step": step, "tokenizer": str(args.tokenizer), "method": args.method,
                "vocab_size": vocab_size,

@@ -31,7 +31,7 @@ def resolve_config_path(spec):
 
 def default_workdir(spec):
   path, _, arg = spec.partition(":")
-  return str(pathlib.Path("runs") / (pathlib.Path(path).stem + (f"_{arg}" if arg else "")))
+  return str(pathlib.Path("runs") / (pathlib.Path(path).with_suffix("").name + (f"_{arg}" if arg else "")))
 
 
 def positive_int(text):
@@ -60,7 +60,7 @@ def split_overrides(rest):
 
 
 def sweep_name(overrides):
-  """{'optim.lr': 0.001, 'seed': 1} -> 'optim.lr=0.001,seed=1' (filesystem-safe)."""
+  """{'optim.lr': 0.001, 'seed': 1} -> 'optim.lr=0.001,seed=1' (safe as a folder name)."""
   text = ",".join(f"{k}={v}" for k, v in overrides.items())
   return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
 

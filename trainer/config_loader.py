@@ -15,7 +15,7 @@ def load_module(path):
   path = pathlib.Path(path)
   if not path.is_file():
     raise ConfigError(f"--config: no such config file {str(path)!r}")
-  spec = importlib.util.spec_from_file_location(f"tessera_config_{path.stem}", path)
+  spec = importlib.util.spec_from_file_location(f"tessera_config_{path.with_suffix('').name}", path)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)

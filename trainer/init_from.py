@@ -1,4 +1,4 @@
-"""Partial init from another run (`init.workdir`, `init.map`, `init.strict`): a base LM under gates or a hypernetwork.
+"""Partial init from another run (`init.workdir`, `init.map`, `init.strict`): a trained model under new modules.
 
 Every leaf of the source's latest params and frozen params is renamed by the first `init.map` rule whose regex
 matches its '/'-joined path (re.sub); with no rules every path maps to itself, with rules a path none matches is

@@ -3,6 +3,7 @@ import json
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -70,6 +71,16 @@ def restore_variables(checkpointer, step, factory):
       item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
   checkpointer._verify(step, restored[ckpt_lib.STATE], restored.get(ckpt_lib.DIGEST))  # noqa: SLF001
   return {k: restored[ckpt_lib.STATE].get(k, {}) for k in state_lib.TREES}
+
+
+def save_params(workdir, factory, step, params):
+  """Writes a run's checkpoint of whole `params` as {step, params, frozen} (split as `factory`'s run splits them):
+  what eval, sample and init.workdir read. For scripts that write runs (quantize, imports, transfers)."""
+  trained, frozen = factory.split_params(params)
+  checkpointer = ckpt_lib.Checkpointer(workdir, factory.config.checkpoint)
+  checkpointer.save(step, {"step": jnp.asarray(step, jnp.int32), "params": trained, "frozen": frozen},
+                    {"next_batch": 0})
+  checkpointer.close()
 
 
 def evaluate(workdir, batches=None):

@@ -362,7 +362,7 @@ class Run:
         model = factory.model(state["params"], state["frozen"], state["model_state"])
         self.summary.update(factory.objective.end_of_run(model, self.data, self.workdir))
     text = None
-    if c.sample.max_new_tokens > 0:  # 0: the model does not generate text (e.g. an EHR world model)
+    if c.sample.max_new_tokens > 0:  # 0: the model does not generate text
       params = factory.all_params(state["params"], state["frozen"])
       text = sample_lib.generate(factory, params, self.data.tokenizer, c.sample.prompt, c.sample.max_new_tokens,
                                  c.train.seq_len, temperature=c.sample.temperature)

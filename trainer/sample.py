@@ -83,7 +83,7 @@ def options(args):
 
 
 def one_line(text):
-  """A continuation on one stdout line: backslashes, newlines and carriage returns escaped."""
+  """A continuation on one stdout line: "\\", newlines and carriage returns escaped."""
   return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 

@@ -19,7 +19,7 @@ def import_plugins(config):
         path = pathlib.Path(name)
         if not path.is_file():
           raise ConfigError(f"config key 'imports[{i}]': no such file {str(name)!r}")
-        module_name = f"tessera_plugin_{path.stem}"
+        module_name = f"tessera_plugin_{path.with_suffix('').name}"
         if module_name not in sys.modules:
           spec = importlib.util.spec_from_file_location(module_name, path)
           module = importlib.util.module_from_spec(spec)

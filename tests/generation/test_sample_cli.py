@@ -71,7 +71,7 @@ def test_sample_command_end_to_end(trained_workdir, tmp_path):
   window = run_cli(*base, "--kv-policy", "sink_window", "--kv-budget", "16", "--kv-buffer", "4")
   assert len(window.stdout.splitlines()) == 3
   out = tmp_path / "rf8"
-  subprocess.run([sys.executable, "-m", "tessera.trainer.transform_run", "quantize", "--workdir",
+  subprocess.run([sys.executable, str(ROOT / "scripts" / "transform_run.py"), "quantize", "--workdir",
                   str(trained_workdir), "--format", "rf8", "--out", str(out)], cwd=ROOT, check=True,
                  capture_output=True)
   single = run_cli("sample", "--workdir", out, "--prompt", "def ", "--max-new-tokens", "8", "--temperature", "0.7",

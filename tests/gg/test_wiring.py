@@ -20,7 +20,7 @@ from tessera.trainer.config_loader import ConfigError
 
 
 def transform(*args, check=True):
-  result = subprocess.run([sys.executable, "-m", "tessera.trainer.transform_run", *map(str, args)], cwd=ROOT,
+  result = subprocess.run([sys.executable, str(ROOT / "scripts" / "transform_run.py"), *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
   if check and result.returncode != 0:
     raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")

@@ -15,7 +15,6 @@ from tessera.trainer import config_loader
 from tessera.trainer import inspect_run
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import state as state_lib
-from tessera.trainer import transform_run
 from tessera.trainer import workdir as workdir_lib
 
 import_hf = hf_helpers.import_script("import_hf")
@@ -44,7 +43,7 @@ def tessera_run(workdir, model, prepared, edit=None):
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(3), len(leaves))
   params = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
-  transform_run.save_params(workdir, factory, 0, params)
+  inspect_run.save_params(workdir, factory, 0, params)
   workdir_lib.write_json(workdir / "config.json", config_loader.to_dict(c))
   return params
 

@@ -1,7 +1,7 @@
 """Transformed copies of a finished run: `quantize` (8-bit weight codes) and `deepshape` (GG histogram remap).
 
-  python -m tessera.trainer.transform_run quantize --workdir runs/x --format rf8 --out runs/x_rf8
-  python -m tessera.trainer.transform_run deepshape --workdir runs/x --out runs/x_ds [--shape-scale 0.8 ...]
+  scripts/quantize --workdir runs/x --format rf8 --out runs/x_rf8        (scripts/transform_run.py quantize ...)
+  scripts/deepshape --workdir runs/x --out runs/x_ds [--shape-scale 0.8 ...]
 
 Both read the source's latest params and write a new workdir: config.json, checkpoints/<source step>/ holding only
 {step, params}, tb/ and summary.json (weight statistics before/after, eval loss of source and output). The output
@@ -18,7 +18,6 @@ import sys
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tessera.losses import backslash_rule
@@ -38,7 +37,7 @@ from tessera.trainer.config_loader import ConfigError
 
 
 def parser():
-  p = argparse.ArgumentParser(prog="tessera.trainer.transform_run", description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(prog="transform_run", description=__doc__.splitlines()[0])
   commands = p.add_subparsers(dest="command", required=True)
   for name in ("quantize", "deepshape"):
     c = commands.add_parser(name)
@@ -100,15 +99,6 @@ def load_source(source):
   return config, factory, factory.all_params(variables["params"], variables["frozen"]), step
 
 
-def save_params(workdir, factory, step, params):
-  """{step, params, frozen} (split as `factory`'s run splits them): what eval, sample and init.workdir read."""
-  trained, frozen = factory.split_params(params)
-  checkpointer = ckpt_lib.Checkpointer(workdir, factory.config.checkpoint)
-  checkpointer.save(step, {"step": jnp.asarray(step, jnp.int32), "params": trained, "frozen": frozen},
-                    {"next_batch": 0})
-  checkpointer.close()
-
-
 def state_bytes(workdir, step):
   """On-disk bytes of checkpoints/<step>/state (array data and metadata; local directories)."""
   root = str(ckpt_lib.directory(workdir) / str(step) / "state")
@@ -122,9 +112,9 @@ def quantize(args, config, factory, params, step, tmp):
     config.model.weight_format = args.format
   stored_factory = state_lib.StateFactory(config, factory.mesh)
   stored = jax.device_put(stored, stored_factory.param_shardings)
-  save_params(tmp, stored_factory, step, stored)
+  inspect_run.save_params(tmp, stored_factory, step, stored)
   with tempfile.TemporaryDirectory() as float_dir:  # the same params saved in fp32: the size baseline
-    save_params(float_dir, factory, step, params)
+    inspect_run.save_params(float_dir, factory, step, params)
     float_bytes = state_bytes(float_dir, step)
   host = jax.device_get(params)
   quantized_count = sum(int(np.size(w)) for w in jax.tree.leaves(host) if quantized.quantizable(w))
@@ -144,7 +134,7 @@ def deepshape(args, config, factory, params, step, tmp):
                       f"{info['nu']:.2f} is outside (0, 3]")
   print(f"deepshape: adj_minnum {info['adj_minnum']}, ν̂ {info['nu']:.2f} -> {info['nu_target']:.2f}, "
         f"β̂ {info['beta']:.4g} -> {info['beta_target']:.4g}, {info['n_in']} in range", file=sys.stderr)
-  save_params(tmp, factory, step, jax.device_put(reshaped, factory.all_params(factory.param_shardings,
+  inspect_run.save_params(tmp, factory, step, jax.device_put(reshaped, factory.all_params(factory.param_shardings,
                                                                               factory.frozen_shardings)))
   return {"before": backslash_rule.weight_stats(host), "after": backslash_rule.weight_stats(reshaped),
           "deepshape": info}
