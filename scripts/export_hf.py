@@ -22,6 +22,7 @@ import numpy as np
 from tessera.models import hf_config
 from tessera.models import hf_names
 from tessera.models.hf_config import HFError
+from tessera.trainer import workdir as workdir_lib
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
@@ -132,10 +133,7 @@ def run(args):
   hf = hf_config.hf_config(model, base)
   if dtype is not None:
     hf["torch_dtype"] = args.dtype
-  tmp = out.parent / f".{out.name}.partial"
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  try:
+  with workdir_lib.staged(out) as tmp:
     files = save_sharded(tensors, tmp, args.shard_mb * 2 ** 20)
     if extra:
       from safetensors.numpy import save_file
@@ -144,10 +142,6 @@ def run(args):
       files.append(extra_file)
     (tmp / "config.json").write_text(json.dumps(hf, indent=2))
     tokenizer = write_tokenizer(args.workdir, config, tmp)
-    tmp.rename(out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return {"step": step, "architecture": hf["architectures"][0], "files": files, "tensors": len(tensors),
           "extra_tensors": len(extra), "tokenizer": tokenizer}
 

@@ -28,6 +28,7 @@ import numpy as np
 from tessera.models import hf_config
 from tessera.models import hf_names
 from tessera.models.hf_config import HFError
+from tessera.trainer import workdir as workdir_lib
 
 READABLE_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": "bfloat16", "F64": np.float64}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
@@ -259,17 +260,10 @@ def run(args):
   if jax.device_count() % (args.fsdp * args.tensor):
     raise HFError(f"--fsdp {args.fsdp} --tensor {args.tensor}: {jax.device_count()} devices are not a multiple "
                   f"of {args.fsdp * args.tensor}")
-  tmp = out.parent / f".{out.name}.partial"
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  try:
+  with workdir_lib.staged(out) as tmp:
     if args.data is None and tokenizer.is_file():
       prepare_embedded(tokenizer, tmp / "data")
     summary = write_run(args, hf, config, plan, tmp)
-    tmp.rename(out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return summary
 
 

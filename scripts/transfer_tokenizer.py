@@ -14,11 +14,9 @@ target vocabulary larger than `--vocab-size`, a `--workdir` that is not a ZeTT r
 import argparse
 import json
 import pathlib
-import shutil
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tessera.data import prepare_text
@@ -153,10 +151,7 @@ def transfer(args):
   lm = jax.tree.map(np.asarray, params["lm"])
   lm["embed"] = e_in.astype(lm["embed"].dtype)
   lm["unembed"] = e_out.T.astype(lm["unembed"].dtype)
-  tmp = out.parent / f".{out.name}.partial"
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  try:
+  with workdir_lib.staged(out) as tmp:
     tokenizer_path = tmp / "tokenizer.json"
     target.save(str(tokenizer_path))
     prepare_data(tokenizer_path, tmp / "data", config.data.get("max_docs", 0))
@@ -174,10 +169,6 @@ def transfer(args):
                "single_piece_tokens": int(((arrays.surface_NxL[:, 1:] == forms.pad_id).all(1)
                                            & arrays.valid_N).sum())}
     workdir_lib.write_json(tmp / "summary.json", summary)
-    tmp.rename(out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return summary
 
 

@@ -13,7 +13,6 @@ Exit codes: 0 done, 2 bad input (one line on stderr), 1 anything else.
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 
@@ -147,11 +146,7 @@ def transform(args):
   trained, frozen = factory.split_params(params)
   variables = {"params": trained, "frozen": frozen, "model_state": {}}
   source_loss = inspect_run.evaluate_variables(config, factory, variables, pipeline)["eval_loss"]
-  tmp = out.parent / f".{out.name}.partial"
-  if tmp.exists():
-    shutil.rmtree(tmp)
-  tmp.mkdir(parents=True)
-  try:
+  with workdir_lib.staged(out) as tmp:
     make = quantize if args.command == "quantize" else deepshape
     summary = {"step": step, "source": str(source), "source_eval_loss": source_loss,
                **make(args, config, factory, params, step, tmp)}
@@ -160,10 +155,6 @@ def transform(args):
     summary["eval_loss_change"] = summary["eval_loss"] - source_loss
     write_tensorboard(tmp, step, args.command, summary)
     workdir_lib.write_json(tmp / "summary.json", summary)
-    tmp.rename(out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return summary
 
 

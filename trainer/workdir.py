@@ -1,6 +1,8 @@
 """What a workdir already holds decides what a run may do; all checks here happen before anything is written."""
+import contextlib
 import json
 import os
+import shutil
 import pathlib
 
 from etils import epath
@@ -95,3 +97,19 @@ def write_json(path, value):
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
   tmp.replace(path)
+
+
+@contextlib.contextmanager
+def staged(out):
+  """Yields a hidden folder beside `out` to assemble a new run in; renamed to `out` when the block ends, removed
+  when it raises: a failed script leaves nothing behind and never a half-written `out`."""
+  out = epath.Path(out)
+  tmp = out.parent / f".{out.name}.partial"
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  tmp.rename(out)
