@@ -16,13 +16,12 @@ import jax
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 import jax.numpy as jnp
 import numpy as np
 
 from tessera.models.kernels.attention_blocks import loop_ranges, visible_blocks
 from tessera.models.kernels.attention_inputs import canonical_inputs
-from tessera.models.kernels.backend import MASK_VALUE, block_for, pallas_interpret, round_up, triton_params
+from tessera.models.kernels.backend import MASK_VALUE, block_for, dot, pallas_interpret, round_up, triton_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +53,7 @@ class _Static:
 
 def _logits(st, q, k, q_pos, q_seg, k_pos, k_seg, keep, lb, kv_start, bk):
   """Masked scores s (bq, bk) plus what the backward needs: vis, raw logits, decay factor a, distances."""
-  raw = pltriton.dot(q, k, trans_b=True) * st.scale
+  raw = dot(q, k, trans_b=True) * st.scale
   vis = None
 
   def both(mask):
@@ -112,7 +111,7 @@ def _fwd_kernel(refs, o_ref, lse_ref, *, st):
     correction = jnp.exp(m - m_new)
     p = _masked(vis, jnp.exp(s - m_new[:, None]))  # zeroed: a fully masked block would give exp(0) = 1
     l = correction * l + p.sum(axis=1)
-    acc = correction[:, None] * acc + pltriton.dot(p.astype(v.dtype), v)
+    acc = correction[:, None] * acc + dot(p.astype(v.dtype), v)
     return acc, m_new, l
 
   init = (jnp.zeros((bq, q.shape[-1]), jnp.float32), jnp.full((bq,), MASK_VALUE, jnp.float32),
@@ -137,9 +136,9 @@ def _dq_kernel(refs, dq_ref, *, st):
     k, v = refs["k"][rows, :], refs["v"][rows, :]
     s, vis, _, a, _ = _logits(st, q, k, q_pos, q_seg, *_kv_rows(refs, st, rows), j * bk, bk)
     p = _masked(vis, jnp.exp(s - lse[:, None]))
-    ds = p * (pltriton.dot(do, v, trans_b=True) - delta[:, None])
+    ds = p * (dot(do, v, trans_b=True) - delta[:, None])
     dr = ds if a is None else ds * a  # d s / d raw = a in mul_logit mode
-    return dq + pltriton.dot(dr.astype(k.dtype), k)
+    return dq + dot(dr.astype(k.dtype), k)
 
   dq = lax.fori_loop(refs["kv_lo"][i], refs["kv_hi"][i], body, jnp.zeros(q.shape, jnp.float32))
   dq_ref[...] = (dq * st.scale).astype(dq_ref.dtype)
@@ -163,14 +162,14 @@ def _dkv_kernel(refs, dk_ref, dv_ref, *dlb_ref, st):
     q_seg = refs["q_seg"][rows] if st.has_segments else None
     s, vis, raw, a, dist = _logits(st, q, k, refs["q_pos"][rows], q_seg, k_pos, k_seg, keep, lb, j * bk, bk)
     p = _masked(vis, jnp.exp(s - lse[:, None]))
-    dv = dv + pltriton.dot(p.astype(do.dtype), do, trans_a=True)
-    ds = p * (pltriton.dot(do, v, trans_b=True) - delta[:, None])
+    dv = dv + dot(p.astype(do.dtype), do, trans_a=True)
+    ds = p * (dot(do, v, trans_b=True) - delta[:, None])
     dr = ds if a is None else ds * a
     if st.retention_mode == "mul_logit":  # d s / d lb = raw * a * dist
       dlb = dlb + (dr * raw * dist).sum(axis=0)
     elif st.retention_mode == "add_bias":  # d s / d lb = dist
       dlb = dlb + (ds * dist).sum(axis=0)
-    dk = dk + pltriton.dot(dr.astype(q.dtype), q, trans_a=True)
+    dk = dk + dot(dr.astype(q.dtype), q, trans_a=True)
     return dk, dv, dlb
 
   def head(g, carry):

@@ -5,7 +5,9 @@ Pallas kernels lower through Triton on GPU and run in interpret mode on CPU (tes
 """
 
 import jax
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
+import jax.numpy as jnp
 import numpy as np
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas", "cudnn")
@@ -27,6 +29,16 @@ def pallas_interpret():
   if backend == "gpu":
     return False
   raise NotImplementedError(f"no Pallas kernel for backend {backend!r}: use implementation='xla'")
+
+
+def dot(a, b, trans_a=False, trans_b=False):
+  """In-kernel matmul with fp32 accumulation; fp32 operands get an explicit IEEE (HIGHEST) precision.
+
+  Without it the Triton lowering turns the default precision into TF32 for fp32 operands (10-bit mantissa), which
+  only interpret mode hides. bf16/fp16 operands keep the default (Triton ignores the TF32 flag for them).
+  """
+  precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+  return pl.dot(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision)
 
 
 def triton_params(head_dim, num_stages=2):

@@ -5,7 +5,10 @@ calls: non-power-of-two in-kernel shapes, unsupported primitives and bad BlockSp
 on a lent GPU. It does not run Triton -> PTX or ptxas.
 """
 
+import re
+
 import jax
+from jax._src.pallas.triton import lowering as triton_lowering
 import jax.numpy as jnp
 import pytest
 
@@ -20,6 +23,48 @@ def export_for_cuda(fn, *shapes):
   exported = jax.export.export(jax.jit(fn), platforms=("cuda",),
                                disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(TRITON)])(*shapes)
   return exported.mlir_module()
+
+
+def triton_dots(monkeypatch, fn, *shapes):
+  """(operand element type, input precision) of every `tt.dot` in the Triton modules `fn` lowers to.
+
+  The exported module embeds the Triton IR as bytecode, so the text is captured where jax builds it.
+  """
+  modules = []
+
+  def capture(*args, **kwargs):
+    result = lower(*args, **kwargs)
+    modules.append(result.module.operation.get_asm())
+    return result
+
+  lower = triton_lowering.lower_jaxpr_to_triton_module
+  monkeypatch.setattr(triton_lowering, "lower_jaxpr_to_triton_module", capture)
+  export_for_cuda(fn, *shapes)
+  dots = re.findall(r"tt\.dot [^:]*?(?:inputPrecision = (\w+) )?: tensor<\d+x\d+x(\w+)>", "\n".join(modules))
+  assert modules and dots
+  return [(dtype, precision or "ieee") for precision, dtype in dots]  # IEEE is Triton's default: no attribute
+
+
+def attention_fwd_bwd(**kwargs):
+  def fwd_bwd(q, k, v, log_beta):
+    def attend(q, k, v, log_beta):
+      return flash_attention(q, k, v, log_retention=log_beta, interpret=False, **kwargs)
+
+    out, vjp = jax.vjp(attend, q, k, v, log_beta)
+    return out, vjp(out)
+
+  return fwd_bwd
+
+
+@pytest.mark.parametrize("retention", ["mul_logit", "add_bias"])
+def test_fp32_dots_are_ieee_and_bf16_dots_unchanged(monkeypatch, retention):
+  """Issue 17: without an explicit precision the Triton lowering makes fp32 dots TF32 (interpret mode hides it)."""
+  B, T, H, K, D = 1, 64, 2, 1, 32
+  for dtype, want in ((jnp.float32, {("f32", "ieee")}), (jnp.bfloat16, {("bf16", "tf32")})):
+    shapes = (sds((B, T, H, D), dtype), sds((B, T, K, D), dtype), sds((B, T, K, D), dtype),
+              sds((B, K, T), jnp.float32))
+    dots = triton_dots(monkeypatch, attention_fwd_bwd(retention_mode=retention), *shapes)
+    assert set(dots) == want and len(dots) == 2 + 3 + 4  # forward, dQ, dKV kernels
 
 
 @pytest.mark.parametrize("retention", [None, "mul_logit", "add_bias"])
