@@ -6,15 +6,21 @@
   scripts/train --config configs/trimkv.py:tiny --config.init.workdir=runs/lm_tiny --workdir runs/trimkv_tiny
 
 Gate variants (tiny, small) train only `retention_gate` params (train.trainable, §6); every base weight is frozen
-and loaded from `init.workdir` (same paths as the decoder's). Their model shape keys must match the base run's
-(a mismatch fails at setup: "config key 'init.map': ... has shape ..."): `tiny` matches configs/lm.py:tiny,
-`small` matches `base` here (the §9 shape: 4 layers, d 128, 4 query / 2 KV heads). Without init.workdir the
-gates train on a randomly initialised base (only useful for smoke tests).
+and loaded from `init.workdir` (same paths as the decoder's). With init.workdir, `after_overrides` takes the model's
+shape keys (every model key but name/dtype/remat/attention_impl) and the data section from that run's config.json,
+so `--config.init.workdir=runs/any_lm` adds gates to any decoder-style run (an imported HF model included) and the
+gates distil on the data the base saw; command-line `data.*` overrides still win, a `model.*` override that
+disagrees with the base run is an error. Without init.workdir the gates train on a randomly initialised base of
+this file's shape (only useful for smoke tests).
 Optimizer (§6 project default, the paper is silent): AdamW lr 1e-3, betas (0.9, 0.95), no weight decay, warmup
 train.steps // 20 (100 at 2000 steps), cosine to 10%, clip 1.0. Loss (§5 project defaults): forward KL + 1.0 CE +
 1.0 capacity at M = 16 (§9), normalised by t + 1.
-`base` trains the §9 decoder on the embedded corpus (the synthetic recall/copy pipeline of §9 is not built yet).
+`base` trains the §9 decoder with plain CE on the `synthetic_recall` pipeline (data/synthetic_recall.py: recall and
+copy tasks in corpus-text filler, a third plain corpus text; bytes + task symbols = 512 ids).
 """
+import json
+import pathlib
+
 import ml_collections
 
 from tessera.configs import defaults
@@ -49,6 +55,10 @@ def build(arg="small"):
   c.model.update(dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff))
   c.train.update(dict(batch_size=batch, seq_len=seq_len, steps=steps))
   c.eval.every_steps = max(steps // 4, 1)
+  c.data.name = "synthetic_recall"
+  c.data.recall = ml_collections.ConfigDict(dict(pairs=4, queries=3, span=8, text_fraction=1 / 3))
+  c.sample.prompt = "<k3><v7> some filler text <k9><v1> more filler <q><k3>"
+  c.sample.max_new_tokens = 8
   if arg == "base":
     return c
   add_model_keys(c, gate_hidden)
@@ -57,9 +67,43 @@ def build(arg="small"):
   c.optim.update(dict(lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.0, clip=1.0, lr_min_ratio=0.1, schedule="cosine"))
   if arg == "tiny":  # CI: a visible capacity drop in 20 steps needs a large step from bias 10 (not the default)
     c.optim.lr = 5e-2
+    c.data.recall.update(dict(pairs=2, queries=2, span=4))  # fits seq_len 64
     c.eval.batches = 1
     c.sample.max_new_tokens = 8
   return c
+
+
+RUNTIME_KEYS = ("name", "trimkv", "dtype", "remat", "attention_impl")  # model keys the base run does not dictate
+
+
+def after_overrides(config, overrides):
+  """init.workdir set (gate variants): the base run's model shape keys and data section replace this file's
+  (config_loader.apply_hook runs this after the command-line overrides). One-line ValueErrors: a missing run, a
+  run without attention blocks, a `model.*` override that disagrees with the base."""
+  workdir = config.init.workdir
+  if not workdir or config.model.name != "trimkv":
+    return
+  path = pathlib.Path(workdir) / "config.json"
+  try:
+    base = json.loads(path.read_text())
+  except (OSError, ValueError):
+    raise ValueError(f"config key 'init.workdir': no readable run config at {str(path)!r}") from None
+  model = base.get("model") if isinstance(base, dict) else None
+  if not isinstance(model, dict) or not all(isinstance(model.get(k), int) and model[k] >= 1
+                                            for k in ("n_layers", "n_heads", "n_kv_heads", "d_model")):
+    name = model.get("name") if isinstance(model, dict) else None
+    raise ValueError(f"config key 'init.workdir': {workdir} has no attention blocks to gate (model.name {name!r}; "
+                     "TRIM-KV needs a decoder-style run)")
+  for key, value in model.items():
+    if key in RUNTIME_KEYS or key not in config.model:
+      continue
+    dotted = f"model.{key}"
+    if dotted in overrides and overrides[dotted] != value:
+      raise ValueError(f"config key {dotted!r}: {overrides[dotted]!r} disagrees with {value!r} of the "
+                       f"init.workdir run ({path})")
+    config.model[key] = type(config.model[key])(value) if isinstance(config.model[key], float) else value
+  if isinstance(base.get("data"), dict) and not any(k.startswith("data.") for k in overrides):
+    config.data = ml_collections.ConfigDict(base["data"])
 
 
 def get_config(arg="small"):

@@ -75,6 +75,7 @@ def load_config(spec, overrides, check_methods=True):
   else:
     config, module = config_loader.load(resolve_config_path(spec))
   config_loader.apply_overrides(config, overrides)
+  config_loader.apply_hook(config, module, overrides)
   validate_keys(config, spec)
   if check_methods:
     from tessera.trainer import zoo  # imports the zoo (jax): after the cheap checks

@@ -91,6 +91,20 @@ def apply_overrides(config, overrides):
   return config
 
 
+def apply_hook(config, module, overrides):
+  """A config file's optional `after_overrides(config, overrides)`: run after the command-line overrides, it may
+  fill keys from elsewhere (e.g. another run's model shape); its ValueError is a one-line ConfigError."""
+  hook = getattr(module, "after_overrides", None)
+  if hook is None:
+    return config
+  try:
+    with config.unlocked():
+      hook(config, dict(overrides))
+  except ValueError as e:
+    raise ConfigError(str(e).strip().splitlines()[0]) from None
+  return config
+
+
 def _get(config, dotted):
   node = config
   for part in dotted.split("."):
