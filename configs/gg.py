@@ -11,6 +11,7 @@
   model.fake_quant                "none" or a format whose quantise-dequantise runs in the forward (QAT);
   regularizer.backslash.*         a rate step after every optimizer update while step < end_fraction x
                                   train.steps; lam 0 = the project default 2e3 N / 1.24e8 (tessera.losses.backslash);
+                                  nu 0 = re-estimate nu-hat every step, > 0 forces it (1.0: the L1 proximal baseline);
   regularizer.weight_stats        log nu-hat, entropy / Exp-Golomb bits per param and histograms at every eval.
 """
 import ml_collections
@@ -22,7 +23,7 @@ def add_keys(c):
   c.model.fake_quant = "none"
   c.regularizer = ml_collections.ConfigDict(dict(weight_stats=False))
   c.regularizer.backslash = ml_collections.ConfigDict(dict(
-      enabled=False, lam=0.0, clip=1.0, pool="all", end_fraction=0.75))
+      enabled=False, lam=0.0, clip=1.0, pool="all", end_fraction=0.75, nu=0.0))
   return c
 
 

@@ -37,6 +37,8 @@ def check(config):
     return
   require(b.lam >= 0, "regularizer.backslash.lam", f"must be >= 0 (0 = project default), got {b.lam}")
   require(b.clip > 0, "regularizer.backslash.clip", f"must be > 0 (keeps the step finite at w = 0), got {b.clip}")
+  require(0 <= b.get("nu", 0.0) <= 3, "regularizer.backslash.nu",
+          f"must be 0 (estimate nu-hat) or a forced shape in (0, 3], got {b.get('nu')}")
   one_of(config, "regularizer.backslash.pool", POOLS)
   require(0 <= b.end_fraction <= 1, "regularizer.backslash.end_fraction",
           f"must be in [0, 1], got {b.end_fraction}")
@@ -58,7 +60,7 @@ def make(config):
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
     active = backslash.backslash_active(step, steps, b.end_fraction)
     params, metrics = backslash.backslash_step(params, b.lam or backslash.default_lam(n_params), b.clip, b.pool,
-                                               active=active)
+                                               nu=b.get("nu", 0.0) or None, active=active)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
     return {**{f"backslash/{k}": v for k, v in metrics.items()}, "backslash/active": jnp.asarray(active, jnp.float32)}

@@ -70,6 +70,7 @@ def test_gg_init_variance_rule_and_metadata_through_the_builder():
     ("regularizer.backslash.pool", "rows", "is not one of"),
     ("regularizer.backslash.end_fraction", 1.5, "must be in [0, 1]"),
     ("regularizer.backslash.clip", 0.0, "must be > 0"),
+    ("regularizer.backslash.nu", -1.0, "forced shape in (0, 3]"),
 ])
 def test_validation_names_the_key(key, value, message):
   c = gg.add_keys(defaults.base_config())
@@ -89,6 +90,21 @@ def test_backslash_needs_fp32_master_weights_and_formats_match_numerics():
   with pytest.raises(ConfigError, match="'regularizer.backslash.enabled'.*fp32 master weights"):
     zoo.check(c)
   assert config_checks.NUMBER_FORMATS == numerics.FORMATS
+
+
+def test_backslash_nu_forces_the_shape_the_matched_l1_baseline():
+  """regularizer.backslash.nu = 1: every weight moves by exactly lam/N toward 0 (L1 proximal), nu_hat logged as 1."""
+  from tessera.losses import backslash_rule
+  c = gg.add_keys(defaults.base_config())
+  c.regularizer.backslash.update(dict(enabled=True, lam=3.0, nu=1.0))
+  c.train.steps = 10
+  model = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
+  before = {k: np.asarray(v) for k, v in nnx.to_pure_dict(nnx.state(model, nnx.Param)).items()}
+  metrics = backslash_rule.make(c).after_update(model, 0)
+  after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  n = 8 * 4 + 4
+  assert float(metrics["backslash/nu_hat"]) == 1.0
+  np.testing.assert_allclose(after["kernel"], before["kernel"] - 3.0 / n * np.sign(before["kernel"]), rtol=1e-6)
 
 
 def test_stored_tree_decodes_to_the_format_values_and_fake_quant_passes_gradients():
