@@ -19,8 +19,9 @@ from jax.experimental import pallas as pl
 import jax.numpy as jnp
 import numpy as np
 
-from tessera.models.kernels.attention_blocks import loop_ranges, visible_blocks
+from tessera.models.kernels.attention_blocks import block_ranges, full_blocks, visible_blocks
 from tessera.models.kernels.attention_inputs import canonical_inputs
+from tessera.models.kernels.attention_tiles import kv_rows, logits, masked_probs, visible_block_loop
 from tessera.models.kernels.backend import MASK_VALUE, block_for, dot, pallas_interpret, round_up, triton_params
 
 
@@ -49,50 +50,7 @@ class _Static:
   blocks: BlockSizes  # already clipped to the padded lengths
   interpret: bool
   head_dim: int  # padded D, for the warp count
-
-
-def _logits(st, q, k, q_pos, q_seg, k_pos, k_seg, keep, lb, kv_start, bk):
-  """Masked scores s (bq, bk) plus what the backward needs: vis, raw logits, decay factor a, distances."""
-  raw = dot(q, k, trans_b=True) * st.scale
-  vis = None
-
-  def both(mask):
-    return mask if vis is None else vis & mask
-
-  if st.causal:
-    vis = both(q_pos[:, None] >= k_pos[None, :])
-  if st.has_segments:
-    vis = both(q_seg[:, None] == k_seg[None, :])
-  if st.has_keep:
-    vis = both((keep != 0)[None, :])
-  if st.kv_len % bk:  # padded keys of the last block
-    vis = both((kv_start + lax.broadcasted_iota(jnp.int32, (1, bk), 1)) < st.kv_len)
-  a = dist = None
-  s = raw
-  if st.retention_mode is not None:
-    dist = (q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)
-    exponent = dist * lb[None, :]
-    if vis is not None:  # before exp: above the diagonal the exponent is positive and can overflow
-      exponent = jnp.where(vis, exponent, 0.0)
-    if st.retention_mode == "mul_logit":
-      a = jnp.exp(exponent)
-      s = raw * a
-    else:
-      s = raw + exponent
-  if vis is not None:
-    s = jnp.where(vis, s, MASK_VALUE)
-  return s, vis, raw, a, dist
-
-
-def _masked(vis, p):
-  return p if vis is None else jnp.where(vis, p, 0.0)
-
-
-def _kv_rows(refs, st, rows):
-  """Key-side vectors of one KV block (None where the input is absent)."""
-  return (refs["kv_pos"][rows], refs["kv_seg"][rows] if st.has_segments else None,
-          refs["keep"][rows] if st.has_keep else None,
-          refs["lb"][rows] if st.retention_mode is not None else None)
+  skip_full_masks: bool  # drop the mask on fully visible blocks (changes rounding only)
 
 
 def _fwd_kernel(refs, o_ref, lse_ref, *, st):
@@ -102,21 +60,22 @@ def _fwd_kernel(refs, o_ref, lse_ref, *, st):
   q_pos = refs["q_pos"][...]
   q_seg = refs["q_seg"][...] if st.has_segments else None
 
-  def body(j, carry):
+  def body(j, carry, masked):
     acc, m, l = carry
     rows = pl.ds(pl.multiple_of(j * bk, bk), bk)
     v = refs["v"][rows, :]
-    s, vis, _, _, _ = _logits(st, q, refs["k"][rows, :], q_pos, q_seg, *_kv_rows(refs, st, rows), j * bk, bk)
+    s, vis, _, _, _ = logits(st, q, refs["k"][rows, :], q_pos, q_seg, *kv_rows(refs, st, rows), j * bk, bk,
+                             masked)
     m_new = jnp.maximum(m, s.max(axis=1))
     correction = jnp.exp(m - m_new)
-    p = _masked(vis, jnp.exp(s - m_new[:, None]))  # zeroed: a fully masked block would give exp(0) = 1
+    p = masked_probs(vis, jnp.exp(s - m_new[:, None]))
     l = correction * l + p.sum(axis=1)
     acc = correction[:, None] * acc + dot(p.astype(v.dtype), v)
     return acc, m_new, l
 
   init = (jnp.zeros((bq, q.shape[-1]), jnp.float32), jnp.full((bq,), MASK_VALUE, jnp.float32),
           jnp.zeros((bq,), jnp.float32))
-  acc, m, l = lax.fori_loop(refs["kv_lo"][i], refs["kv_hi"][i], body, init)
+  acc, m, l = visible_block_loop(refs["ranges"], i, body, init, st.skip_full_masks)
   seen = l > 0.0  # rows without any visible key output zeros
   safe_l = jnp.where(seen, l, 1.0)
   o_ref[...] = jnp.where(seen[:, None], acc / safe_l[:, None], 0.0).astype(o_ref.dtype)
@@ -131,16 +90,16 @@ def _dq_kernel(refs, dq_ref, *, st):
   q_pos = refs["q_pos"][...]
   q_seg = refs["q_seg"][...] if st.has_segments else None
 
-  def body(j, dq):
+  def body(j, dq, masked):
     rows = pl.ds(pl.multiple_of(j * bk, bk), bk)
     k, v = refs["k"][rows, :], refs["v"][rows, :]
-    s, vis, _, a, _ = _logits(st, q, k, q_pos, q_seg, *_kv_rows(refs, st, rows), j * bk, bk)
-    p = _masked(vis, jnp.exp(s - lse[:, None]))
+    s, vis, _, a, _ = logits(st, q, k, q_pos, q_seg, *kv_rows(refs, st, rows), j * bk, bk, masked)
+    p = masked_probs(vis, jnp.exp(s - lse[:, None]))
     ds = p * (dot(do, v, trans_b=True) - delta[:, None])
     dr = ds if a is None else ds * a  # d s / d raw = a in mul_logit mode
     return dq + dot(dr.astype(k.dtype), k)
 
-  dq = lax.fori_loop(refs["kv_lo"][i], refs["kv_hi"][i], body, jnp.zeros(q.shape, jnp.float32))
+  dq = visible_block_loop(refs["ranges"], i, body, jnp.zeros(q.shape, jnp.float32), st.skip_full_masks)
   dq_ref[...] = (dq * st.scale).astype(dq_ref.dtype)
 
 
@@ -152,16 +111,16 @@ def _dkv_kernel(refs, dk_ref, dv_ref, *dlb_ref, st):
   k_seg = refs["kv_seg"][...] if st.has_segments else None
   keep = refs["keep"][...] if st.has_keep else None
   lb = refs["lb"][...] if st.retention_mode is not None else None
-  lo, hi = refs["q_lo"][j], refs["q_hi"][j]
 
-  def q_block(g, i, carry):
+  def q_block(g, i, carry, masked):
     dk, dv, dlb = carry
     rows = pl.ds(pl.multiple_of(i * bq, bq), bq)
     q, do = refs["q"][rows, g, :], refs["do"][rows, g, :]
     lse, delta = refs["lse"][g, rows], refs["delta"][g, rows]
     q_seg = refs["q_seg"][rows] if st.has_segments else None
-    s, vis, raw, a, dist = _logits(st, q, k, refs["q_pos"][rows], q_seg, k_pos, k_seg, keep, lb, j * bk, bk)
-    p = _masked(vis, jnp.exp(s - lse[:, None]))
+    s, vis, raw, a, dist = logits(st, q, k, refs["q_pos"][rows], q_seg, k_pos, k_seg, keep, lb, j * bk, bk,
+                                  masked)
+    p = masked_probs(vis, jnp.exp(s - lse[:, None]))
     dv = dv + dot(p.astype(do.dtype), do, trans_a=True)
     ds = p * (dot(do, v, trans_b=True) - delta[:, None])
     dr = ds if a is None else ds * a
@@ -173,7 +132,7 @@ def _dkv_kernel(refs, dk_ref, dv_ref, *dlb_ref, st):
     return dk, dv, dlb
 
   def head(g, carry):
-    return lax.fori_loop(lo, hi, functools.partial(q_block, g), carry)
+    return visible_block_loop(refs["ranges"], j, functools.partial(q_block, g), carry, st.skip_full_masks)
 
   init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32), jnp.zeros((bk,), jnp.float32))
   dk, dv, dlb = lax.fori_loop(0, st.groups, head, init)
@@ -201,23 +160,22 @@ def _vector_specs(st, inputs, q_block, kv_block, q_index, kv_index):
 
 
 def _ranges(st, inputs, block_q, block_kv, axis):
-  vis = visible_blocks(inputs, causal=st.causal, q_len=st.q_len, kv_len=st.kv_len, block_q=block_q,
-                       block_kv=block_kv)
-  return loop_ranges(vis, axis)
+  """ranges_BxKx4xN for the kernels' loops over `axis` (3: KV blocks per q block, 2: q blocks per KV block)."""
+  kw = dict(causal=st.causal, q_len=st.q_len, kv_len=st.kv_len, block_q=block_q, block_kv=block_kv)
+  return block_ranges(visible_blocks(inputs, **kw), full_blocks(inputs, **kw) if st.skip_full_masks else None, axis)
 
 
 def _forward(st, q, k, v, inputs):
   B, T, H, D = q.shape
   _, S, K, _ = k.shape
   G, bq = st.groups, st.blocks.q
-  kv_lo, kv_hi = _ranges(st, inputs, bq, st.blocks.kv, axis=3)  # [B, K, T/bq]
+  ranges = _ranges(st, inputs, bq, st.blocks.kv, axis=3)  # [B, K, 4, T/bq]
   arrays, specs = _vector_specs(st, inputs, bq, S, lambda b, h, i: (b, i), lambda b, h, i: (b, h // G, 0))
-  arrays.update(q=q, k=k, v=v, kv_lo=kv_lo, kv_hi=kv_hi)
+  arrays.update(q=q, k=k, v=v, ranges=ranges)
   specs.update(q=pl.BlockSpec((None, bq, None, D), lambda b, h, i: (b, i, h, 0)),
                k=pl.BlockSpec((None, S, None, D), lambda b, h, i: (b, 0, h // G, 0)),
                v=pl.BlockSpec((None, S, None, D), lambda b, h, i: (b, 0, h // G, 0)),
-               kv_lo=pl.BlockSpec((None, None, T // bq), lambda b, h, i: (b, h // G, 0)),
-               kv_hi=pl.BlockSpec((None, None, T // bq), lambda b, h, i: (b, h // G, 0)))
+               ranges=pl.BlockSpec((None, None, 4, T // bq), lambda b, h, i: (b, h // G, 0, 0)))
   o, lse = pl.pallas_call(
       functools.partial(_fwd_kernel, st=st), grid=(B, H, T // bq), in_specs=[specs],
       out_specs=[pl.BlockSpec((None, bq, None, D), lambda b, h, i: (b, i, h, 0)),
@@ -232,16 +190,15 @@ def _backward_dq(st, q, k, v, inputs, do, lse, delta):
   B, T, H, D = q.shape
   _, S, K, _ = k.shape
   G, bq = st.groups, st.blocks.dq_q
-  kv_lo, kv_hi = _ranges(st, inputs, bq, st.blocks.dq_kv, axis=3)
+  ranges = _ranges(st, inputs, bq, st.blocks.dq_kv, axis=3)
   arrays, specs = _vector_specs(st, inputs, bq, S, lambda b, h, i: (b, i), lambda b, h, i: (b, h // G, 0))
-  arrays.update(q=q, k=k, v=v, do=do, lse=lse, delta=delta, kv_lo=kv_lo, kv_hi=kv_hi)
+  arrays.update(q=q, k=k, v=v, do=do, lse=lse, delta=delta, ranges=ranges)
   q_tile = pl.BlockSpec((None, bq, None, D), lambda b, h, i: (b, i, h, 0))
   stat_tile = pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))
   specs.update(q=q_tile, do=q_tile, lse=stat_tile, delta=stat_tile,
                k=pl.BlockSpec((None, S, None, D), lambda b, h, i: (b, 0, h // G, 0)),
                v=pl.BlockSpec((None, S, None, D), lambda b, h, i: (b, 0, h // G, 0)),
-               kv_lo=pl.BlockSpec((None, None, T // bq), lambda b, h, i: (b, h // G, 0)),
-               kv_hi=pl.BlockSpec((None, None, T // bq), lambda b, h, i: (b, h // G, 0)))
+               ranges=pl.BlockSpec((None, None, 4, T // bq), lambda b, h, i: (b, h // G, 0, 0)))
   return pl.pallas_call(
       functools.partial(_dq_kernel, st=st), grid=(B, H, T // bq), in_specs=[specs], out_specs=q_tile,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), compiler_params=triton_params(st.head_dim),
@@ -253,17 +210,16 @@ def _backward_dkv(st, q, k, v, inputs, do, lse, delta):
   B, T, H, D = q.shape
   _, S, K, _ = k.shape
   G, bk = st.groups, st.blocks.dkv_kv
-  q_lo, q_hi = _ranges(st, inputs, st.blocks.dkv_q, bk, axis=2)  # [B, K, S/bk]
+  ranges = _ranges(st, inputs, st.blocks.dkv_q, bk, axis=2)  # [B, K, 4, S/bk]
   arrays, specs = _vector_specs(st, inputs, T, bk, lambda b, kh, j: (b, 0), lambda b, kh, j: (b, kh, j))
   # Free reshapes: query head h = kh * G + g, so a KV head's group is a contiguous [G] slice.
   arrays.update(q=q.reshape(B, T, K, G, D), do=do.reshape(B, T, K, G, D), lse=lse.reshape(B, K, G, T),
-                delta=delta.reshape(B, K, G, T), k=k, v=v, q_lo=q_lo, q_hi=q_hi)
+                delta=delta.reshape(B, K, G, T), k=k, v=v, ranges=ranges)
   group_rows = pl.BlockSpec((None, T, None, G, D), lambda b, kh, j: (b, 0, kh, 0, 0))
   group_stats = pl.BlockSpec((None, None, G, T), lambda b, kh, j: (b, kh, 0, 0))
   kv_tile = pl.BlockSpec((None, bk, None, D), lambda b, kh, j: (b, j, kh, 0))
   specs.update(q=group_rows, do=group_rows, lse=group_stats, delta=group_stats, k=kv_tile, v=kv_tile,
-               q_lo=pl.BlockSpec((None, None, S // bk), lambda b, kh, j: (b, kh, 0)),
-               q_hi=pl.BlockSpec((None, None, S // bk), lambda b, kh, j: (b, kh, 0)))
+               ranges=pl.BlockSpec((None, None, 4, S // bk), lambda b, kh, j: (b, kh, 0, 0)))
   out_specs = [kv_tile, kv_tile]
   out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
   if st.retention_mode is not None:
@@ -311,8 +267,12 @@ def _pad_axis(x, axis, length, value=0):
 
 def flash_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, *, causal=True, segment_ids=None, q_positions=None,
                     kv_positions=None, log_retention=None, retention_mode="mul_logit", keep=None, scale=None,
-                    block_sizes=BlockSizes(), interpret=None):
+                    block_sizes=BlockSizes(), interpret=None, skip_full_masks=None):
   """The Pallas attention path; same contract as `attention_reference`. `interpret=None` picks it from the backend.
+
+  `skip_full_masks` drops the mask computation on fully visible blocks (same result up to rounding). `None` turns it
+  on for compiled kernels and off in interpret mode, where it only triples the code to trace (tests that check
+  the skip turn it on explicitly).
 
   Lengths are padded to block multiples and the head dim to a power of two here (padded keys are masked
   statically, padded query rows are sliced off), so the kernels only ever see whole tiles.
@@ -328,10 +288,12 @@ def flash_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, *, causal=True, segment_ids
   T_pad = round_up(T, max(blocks.q, blocks.dq_q, blocks.dkv_q))
   S_pad = round_up(S, max(blocks.kv, blocks.dq_kv, blocks.dkv_kv))
   D_pad = block_for(D, 1 << 30)
+  interpret = pallas_interpret() if interpret is None else interpret
   st = _Static(causal=causal, scale=float(D ** -0.5 if scale is None else scale),
                retention_mode=None if log_retention is None else retention_mode,
                has_segments=segment_ids is not None, has_keep=keep is not None, q_len=T, kv_len=S, groups=H // K,
-               blocks=blocks, interpret=pallas_interpret() if interpret is None else interpret, head_dim=D_pad)
+               blocks=blocks, interpret=interpret, head_dim=D_pad,
+               skip_full_masks=not interpret if skip_full_masks is None else skip_full_masks)
   q, k, v = (_pad_axis(_pad_axis(x, 3, D_pad), 1, n) for x, n in
              ((q_BxTxHxD, T_pad), (k_BxSxKxD, S_pad), (v_BxSxKxD, S_pad)))
   padded = inputs._replace(q_pos_BxT=_pad_axis(inputs.q_pos_BxT, 1, T_pad),
