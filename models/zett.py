@@ -17,6 +17,7 @@ from flax import nnx
 
 from tessera.models import decoder
 from tessera.models import registry
+from tessera.models import zett_buckets
 from tessera.models import zett_optim  # noqa: F401  (registers the two-stage LR update)
 from tessera.models.layers import ModelState
 from tessera.models.zett_hypernet import Hypernet
@@ -112,9 +113,12 @@ class ZettModel(nnx.Module):
     """Head outputs before the output rescaler. `surface_NxL` < 0 marks padding (callers map the pad id)."""
     src_VxS = self.source() * in_scale + in_shift
     table = jnp.concatenate([src_VxS, self.fallback[...].astype(jnp.float32)], 0)
-    mask_NxL = (surface_NxL >= 0).at[:, 0].set(True)
-    rows_NxLxS = jnp.take(table, jnp.maximum(surface_NxL, 0), axis=0)
-    return self.hypernet(rows_NxLxS, mask_NxL)
+
+    def encode(pieces_MxK):
+      mask_MxK = (pieces_MxK >= 0).at[:, 0].set(True)
+      return self.hypernet(jnp.take(table, jnp.maximum(pieces_MxK, 0), axis=0), mask_MxK)
+
+    return zett_buckets.encode_by_length(encode, surface_NxL)
 
   def predict(self, surface_NxL, pad_id, special_N=None):
     """(Ê_in, Ê_out) [N, d] for new tokens given their surface forms (§3.1-3.9; residual variant §3.11).
