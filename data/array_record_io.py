@@ -60,6 +60,16 @@ def open_source(directory: pathlib.Path, names: list[str], num_records: int | No
   return grain.sources.ArrayRecordDataSource([str(directory / name) for name in names])
 
 
+def locate(directory: pathlib.Path, names: list[str], index: int) -> tuple[str, int]:
+  """(shard name, record within it) of record `index` of the split the shards hold in order (for error messages)."""
+  for name in names:
+    count = _count_records(directory / name)
+    if index < count:
+      return name, index
+    index -= count
+  raise IndexError(f"record {index} is past the end of {names}")
+
+
 def _count_records(path: pathlib.Path) -> int:
   if not path.is_file():
     raise ValueError(f"{path}: ArrayRecord shard missing (re-run the prepare command)")

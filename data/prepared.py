@@ -15,7 +15,7 @@ from tessera.data import array_record_io
 from tessera.data import first_fit
 from tessera.data import global_order
 from tessera.data import registry
-from tessera.data.prepare_io import STATS_FILE, read_json
+from tessera.data.prepare_io import STATS_FILE, DataError, read_json
 
 RECORDS_FILE = "records.parquet"
 STATS_KEYS = ("kind", "vocab_size", "pad_id", "record_times", "train_split", "eval_split", "splits")
@@ -23,11 +23,18 @@ UNIGRAM_FILE = "unigram_counts.npy"
 
 
 class PackedRows:
-  """Row r of a split's plan as int32 [3, row_len]: tokens, segment ids (0 = padding), per-segment positions."""
+  """Row r of a split's plan as int32 [3, row_len]: tokens, segment ids (0 = padding), per-segment positions.
 
-  def __init__(self, source, plan: first_fit.RowPlan, row_len: int, pad_id: int, with_times: bool):
+  Every token id read from disk is checked against the vocabulary on the host, before anything could clip it: an id
+  outside [0, vocab_size) (a shard written with another tokenizer, a damaged file) is a DataError naming the shard
+  and record, where the model's table lookup would otherwise read a clipped or arbitrary row.
+  """
+
+  def __init__(self, source, plan: first_fit.RowPlan, row_len: int, pad_id: int, with_times: bool, vocab_size: int,
+               where: tuple[pathlib.Path, list[str]]):
     self._source, self._plan, self._row_len, self._pad_id, self._with_times = (
         source, plan, row_len, pad_id, with_times)
+    self._vocab_size, self._where = vocab_size, where
 
   def __len__(self) -> int:
     return self._plan.num_rows
@@ -41,11 +48,21 @@ class PackedRows:
                                                           plan.piece_start[pieces].tolist(),
                                                           plan.piece_length[pieces].tolist()), start=1):
       tokens = array_record_io.decode_tokens(self._source[record], self._with_times)
+      if tokens.size and (tokens.min() < 0 or tokens.max() >= self._vocab_size):
+        self._reject(record, tokens)
       row_3xL[0, at:at + length] = tokens[start:start + length]
       row_3xL[1, at:at + length] = segment
       row_3xL[2, at:at + length] = np.arange(length)
       at += length
     return row_3xL
+
+  def _reject(self, record: int, tokens: np.ndarray):
+    directory, shards = self._where
+    shard, index = array_record_io.locate(directory, shards, record)
+    position = int(np.flatnonzero((tokens < 0) | (tokens >= self._vocab_size))[0])
+    raise DataError(f"{directory / shard}: record {index} holds token id {int(tokens[position])} at position "
+                    f"{position}, outside the vocabulary [0, {self._vocab_size}) the directory was prepared with "
+                    "(written with another tokenizer, or damaged); re-run the prepare command")
 
 
 def row_fields(rows: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,7 +146,8 @@ class PreparedPipeline:
   def _packed(self, split: str, plan: first_fit.RowPlan) -> PackedRows:
     shards = self.stats["splits"][split]["shards"]
     source = array_record_io.open_source(self.directory, shards, self._records.get(split, 0))
-    return PackedRows(source, plan, self.seq_len + 1, self.stats["pad_id"], self.stats["record_times"])
+    return PackedRows(source, plan, self.seq_len + 1, self.stats["pad_id"], self.stats["record_times"],
+                      self.vocab_size, (self.directory, shards))
 
   @property
   def rows_per_epoch(self) -> int:

@@ -10,6 +10,7 @@ import pathlib
 import re
 import sys
 
+from tessera.data.prepare_io import DataError
 from tessera.trainer import config_loader
 from tessera.trainer import distributed
 from tessera.trainer import validate
@@ -122,8 +123,9 @@ def parser(command):
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus: the smallest set with this mass (1 = all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    p.add_argument("--kv-policy", default="full", help="KV cache: full (every token), window, sink_window")
-    p.add_argument("--kv-budget", type=int, help="M: entries kept per layer and KV head (window, sink_window)")
+    p.add_argument("--kv-policy", default="full", help="KV cache policy: full (every token), window, sink_window "
+                   "(StreamingLLM), h2o (heavy hitters + recent), random, or one a model registers (models/kv_cache.py)")
+    p.add_argument("--kv-budget", type=int, help="M: entries kept per layer and KV head (every policy but full)")
     p.add_argument("--kv-buffer", type=int, help="B: entries written between evictions (default max(8, M // 4))")
     p.add_argument("--kv-sinks", type=int, help="S: first tokens sink_window always keeps (default 4)")
   return p
@@ -178,7 +180,7 @@ def main(argv=None):
     code = inspect_run.main(command, args)
     distributed.shutdown()
     return code
-  except ConfigError as e:
+  except (ConfigError, DataError) as e:  # DataError: bad data met after the build (e.g. a token id >= V)
     print(f"error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:

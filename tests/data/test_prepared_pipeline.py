@@ -142,3 +142,33 @@ def test_trainer_takes_vocab_from_the_prepared_directory(data_dir, tmp_path):
     c.data.path = str(tmp_path / "missing")
   with pytest.raises(ConfigError, match="has no stats.json"):
     loop.build_pipeline(c)
+
+
+def test_token_ids_outside_the_vocabulary_are_a_one_line_error_naming_shard_and_record(data_dir, tmp_path, capsys):
+  """Checked on the host before anything clips an id: through the pipeline and through `scripts/train` (exit 2)."""
+  import json
+  import shutil
+  from tessera.data import array_record_io
+  from tessera.trainer import cli
+  bad = tmp_path / "bad"
+  shutil.copytree(data_dir, bad)
+  stats = json.loads((bad / "stats.json").read_text())
+  shards = stats["splits"][stats["train_split"]]["shards"]
+  source = array_record_io.open_source(bad, shards)
+  records = [array_record_io.decode_tokens(source[i], False).copy() for i in range(len(source))]
+  for tokens in records:
+    tokens[0] = 5000  # every train record: the first batch meets one, whatever the order
+  sizes = [len(array_record_io.open_source(bad, [name])) for name in shards]
+  for name in shards:
+    (bad / name).unlink()
+  array_record_io.write_shards(bad, shards[0].split("-00000-of-")[0], map(array_record_io.encode_record, records),
+                               len(records), sizes[0])
+  cfg = _config(bad)
+  pipe = registry.get(registry.name_for(cfg))(cfg, seq_len=SEQ_LEN, global_batch_size=BATCH, seed=0)
+  with pytest.raises(ValueError, match=r"array_record: record \d+ holds token id 5000 at position 0, outside the "
+                                       r"vocabulary \[0, 260\)"):
+    next(pipe.train_batches(0, slice(None)))
+  code = cli.main(["train", "--config", "configs/lm.py:tiny", "--workdir", str(tmp_path / "run"),
+                   f"--config.data.path={bad}", "--config.train.steps=1", f"--config.train.seq_len={SEQ_LEN}"])
+  last = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's start-up lines
+  assert code == 2 and last.startswith(f"error: {bad / shards[0].split('-')[0]}") and "token id 5000" in last, last
