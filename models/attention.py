@@ -50,28 +50,35 @@ def attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT, implementation):
                            implementation=implementation)
 
 
-def attend_cached(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, positions_BxT, cache, live_BxT, implementation):
+def attend_cached(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, positions_BxT, cache, live_BxT, implementation,
+                  token_scores_BxKxT=None):
   """Attention through a KV cache, by true positions and keep masks (kernels.attention); returns (out, cache).
 
   T == 1 is a decode step: the token is written to the cache (which may evict) and attends over what is kept.
   T > 1 is a prefill: the tokens attend over the cache plus themselves (each sees its whole prefix, as in
   training), then the cache keeps what its policy allows. `live_BxT` marks real tokens (prompt padding is not).
+  `token_scores_BxKxT`: a per-token cache score from the model (kv_cache.register's "token" policies); an
+  "attention" policy (H2O) also accumulates the attention probabilities (kv_cache.attention_mass).
   """
   from tessera.models import kernels, kv_cache  # lazy, as in `attend`
   implementation = implementation if implementation in ("xla", "pallas") else "auto"  # cudnn: no keep masks
   if live_BxT is None:
     live_BxT = jnp.ones(positions_BxT.shape, bool)
   if q_BxTxHxD.shape[1] == 1:
-    cache = kv_cache.append_one(cache, k_BxTxKxD, v_BxTxKxD, positions_BxT, live_BxT)
+    cache = kv_cache.append_one(cache, k_BxTxKxD, v_BxTxKxD, positions_BxT, live_BxT, token_scores_BxKxT)
     out_BxTxHxD = kernels.attention(q_BxTxHxD, cache.k_BxCxKxE, cache.v_BxCxKxE, causal=True,
                                     q_positions=positions_BxT, kv_positions=cache.positions_BxKxC,
                                     keep=cache.live_BxKxC(), implementation=implementation)
-    return out_BxTxHxD, cache
+    return out_BxTxHxD, kv_cache.observe(cache, q_BxTxHxD, positions_BxT, live_BxT)
   k_BxNxKxD, v_BxNxKxD, pos_BxKxN, live_BxKxN = kv_cache.candidates(cache, k_BxTxKxD, v_BxTxKxD, positions_BxT,
                                                                     live_BxT)
   out_BxTxHxD = kernels.attention(q_BxTxHxD, k_BxNxKxD, v_BxNxKxD, causal=True, q_positions=positions_BxT,
                                   kv_positions=pos_BxKxN, keep=live_BxKxN, implementation=implementation)
-  return out_BxTxHxD, kv_cache.merge(cache, k_BxNxKxD, v_BxNxKxD, pos_BxKxN, live_BxKxN)
+  mass_BxKxN = None
+  if cache.policy.score == "attention":
+    mass_BxKxN = kv_cache.attention_mass(q_BxTxHxD, k_BxNxKxD, positions_BxT, pos_BxKxN, live_BxKxN, live_BxT)
+  return out_BxTxHxD, kv_cache.merge(cache, k_BxNxKxD, v_BxNxKxD, pos_BxKxN, live_BxKxN, token_scores_BxKxT,
+                                     mass_BxKxN)
 
 
 class Attention(nnx.Module):

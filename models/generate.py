@@ -206,3 +206,25 @@ def recompute_logits(model, tokens_BxT, **model_kwargs):
 def _recompute(graphdef, state, tokens_BxT, model_kwargs):
   return nnx.merge(graphdef, state)(tokens_BxT, **model_kwargs)
 
+
+
+def stream_logits(model, tokens_BxT, policy):
+  """Logits [B, T, V] of feeding every token through the cache one decode step at a time (teacher forcing): the
+  prediction at position t sees only what `policy` kept of tokens 0..t. A prefill would attend over the whole
+  prompt before evicting, so hard-eviction evaluations (scripts/eval_kv) stream instead."""
+  policy = policy.resolve(1, tokens_BxT.shape[1])
+  return _stream(*nnx.split(model), jnp.asarray(tokens_BxT), policy)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "policy"))
+def _stream(graphdef, state, tokens_BxT, policy):
+  model = nnx.merge(graphdef, state)
+  B, T = tokens_BxT.shape
+
+  def body(cache, token_and_pos):
+    token_B, pos = token_and_pos
+    logits_Bx1xV, cache = model(token_B[:, None], positions_BxT=jnp.full((B, 1), pos, jnp.int32), cache=cache)
+    return cache, logits_Bx1xV[:, 0].astype(jnp.float32)
+
+  _, logits_TxBxV = jax.lax.scan(body, model.init_cache(B, policy), (tokens_BxT.T, jnp.arange(T)))
+  return jnp.swapaxes(logits_TxBxV, 0, 1)

@@ -11,7 +11,8 @@ prompt + new tokens. A policy is one small function registered by name:
 
   policy(inputs: PolicyInputs, budget: int) -> keep indices [B, K, budget] into the N candidates
 
-(`keep_top` turns a priority into such indices). Sharding: rows over the logical "batch" axis, KV heads over
+(`keep_top` turns a priority into such indices). Built in: full, window, sink_window (StreamingLLM: sinks + window),
+random, h2o (heavy hitters by accumulated attention + recent window); methods register their own (trimkv_cache.py). Sharding: rows over the logical "batch" axis, KV heads over
 "kv_heads", resolved through the active flax logical-axis rules and mesh (a no-op without them).
 """
 
@@ -26,19 +27,39 @@ from flax.core import spmd
 from jax.sharding import PartitionSpec as P
 
 _POLICIES: dict[str, Callable] = {}
+_SCORES: dict[str, tuple] = {}  # name -> (score kind, what a model needs for it)
 _NEVER = jnp.iinfo(jnp.int32).max  # sort key of dead slots: after every live position
+SCORE_KINDS = (None, "attention", "token")
 
 
-def register(name):
-  """Decorator: `@register("h2o") def h2o(inputs, budget): ...` makes `Policy(name="h2o")` valid."""
+def register(name, score=None, needs=""):
+  """Decorator: `@register("h2o", score="attention") def h2o(inputs, budget): ...` makes `Policy(name="h2o")` valid.
+
+  `score` says what the slots' scores hold: None (zeros), "attention" (the attention probability each slot has
+  received, summed over its KV group's query heads and every query since it entered: H2O), "token" (one score per
+  token written by the model when the token enters, e.g. a learned retention; `needs` names such a model for the
+  error a model without one gets)."""
+  if score not in SCORE_KINDS:
+    raise ValueError(f"cache policy {name!r}: score must be one of {SCORE_KINDS}, got {score!r}")
+
   def wrap(fn):
     _POLICIES[name] = fn
+    _SCORES[name] = (score, needs)
     return fn
   return wrap
 
 
 def names():
   return sorted(_POLICIES)
+
+
+def check_model(policy, model):
+  """ValueError (one line) when `model` cannot feed `policy`: a "token" policy needs a model whose attribute
+  `writes_token_scores` is true."""
+  kind, needs = _SCORES[policy.name]
+  if kind == "token" and not getattr(model, "writes_token_scores", False):
+    raise ValueError(f"--kv-policy {policy.name}: this run's model ({type(model).__name__}) writes no per-token "
+                     f"cache scores; the policy needs {needs or 'a model that does'}")
 
 
 class PolicyInputs(NamedTuple):
@@ -78,6 +99,23 @@ def sink_window(inputs, budget):
   return keep_top(jnp.where(inputs.positions_BxKxN < inputs.sinks, pos + 2.0 ** 30, pos), inputs, budget)
 
 
+@register("random")
+def random_eviction(inputs, budget):
+  """`budget` entries drawn uniformly (seeded by Policy.seed and the newest position); the newest stays."""
+  return keep_top(jax.random.uniform(inputs.key, inputs.positions_BxKxN.shape), inputs, budget)
+
+
+@register("h2o", score="attention")
+def h2o(inputs, budget):
+  """H2O (Zhang et al. 2023): the budget - budget // 2 most recent entries plus the budget // 2 "heavy hitters" of
+  largest accumulated attention (scores: the attention each entry has received since it entered the cache)."""
+  recent = budget - budget // 2
+  live_pos_BxKxN = jnp.where(inputs.live_BxKxN, inputs.positions_BxKxN, -1)
+  threshold_BxKx1 = jax.lax.top_k(live_pos_BxKxN, min(recent, live_pos_BxKxN.shape[-1]))[0][..., -1:]
+  is_recent_BxKxN = live_pos_BxKxN >= threshold_BxKx1
+  return keep_top(jnp.where(is_recent_BxKxN, 2.0 ** 60, inputs.scores_BxKxN), inputs, budget)
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
   """Static cache settings (hashable: a jit static argument). `budget` M and `buffer` B as in --kv-budget and
@@ -103,6 +141,11 @@ class Policy:
   @property
   def evicts(self):
     return self.name != "full"
+
+  @property
+  def score(self):
+    """What the slots' scores hold: None, "attention" or "token" (see `register`)."""
+    return _SCORES[self.name][0]
 
   @property
   def capacity(self):
@@ -215,8 +258,19 @@ def _put_scalars(buf_BxKxC, new_BxK, slot_BxK):
   return jax.vmap(jax.vmap(put))(buf_BxKxC, new_BxK, slot_BxK)
 
 
-def append_one(cache, k_Bx1xKxE, v_Bx1xKxE, positions_Bx1, live_Bx1=None):
-  """Decode write: the new token goes to slot `length` of every head, then heads that reached capacity evict.
+def _token_scores(policy, token_scores_BxKxT, shape):
+  """The scores new tokens enter with: the model's for a "token" policy (required), else zeros."""
+  if policy.score != "token":
+    return jnp.zeros(shape, jnp.float32)
+  if token_scores_BxKxT is None:
+    raise ValueError(f"cache policy {policy.name!r} needs per-token scores from the model; "
+                     f"{_SCORES[policy.name][1] or 'this model writes none'}")
+  return token_scores_BxKxT.astype(jnp.float32)
+
+
+def append_one(cache, k_Bx1xKxE, v_Bx1xKxE, positions_Bx1, live_Bx1=None, token_scores_BxKx1=None):
+  """Decode write: the new token goes to slot `length` of every head (with its score, `_token_scores`), then heads
+  that reached capacity evict. A dead row (live False) writes nothing that counts: its length does not grow.
 
   Slot `length` is always free: a head is compacted to M < C as soon as it reaches C.
   """
@@ -225,11 +279,12 @@ def append_one(cache, k_Bx1xKxE, v_Bx1xKxE, positions_Bx1, live_Bx1=None):
   pos_BxK = jnp.broadcast_to(positions_Bx1.astype(jnp.int32), (B, K))
   grow_BxK = jnp.ones((B, K), jnp.int32) if live_Bx1 is None else jnp.broadcast_to(live_Bx1.astype(jnp.int32),
                                                                                      (B, K))
+  score_BxK = _token_scores(cache.policy, token_scores_BxKx1, (B, K, 1))[..., 0]
   cache = cache.replace(
       k_BxCxKxE=_put_rows(cache.k_BxCxKxE, k_Bx1xKxE[:, 0].astype(cache.k_BxCxKxE.dtype), slot_BxK),
       v_BxCxKxE=_put_rows(cache.v_BxCxKxE, v_Bx1xKxE[:, 0].astype(cache.v_BxCxKxE.dtype), slot_BxK),
       positions_BxKxC=_put_scalars(cache.positions_BxKxC, pos_BxK, slot_BxK),
-      scores_BxKxC=_put_scalars(cache.scores_BxKxC, jnp.zeros((B, K), jnp.float32), slot_BxK),
+      scores_BxKxC=_put_scalars(cache.scores_BxKxC, score_BxK, slot_BxK),
       lengths_BxK=cache.lengths_BxK + grow_BxK)
   if not cache.policy.evicts:
     return cache
@@ -253,13 +308,45 @@ def candidates(cache, k_BxTxKxE, v_BxTxKxE, positions_BxT, live_BxT):
   return k, v, pos, live
 
 
-def merge(cache, k_BxNxKxE, v_BxNxKxE, positions_BxKxN, live_BxKxN):
-  """Packs N = C + T candidates (from `candidates`) back into C slots: heads with >= C live entries keep M."""
+def merge(cache, k_BxNxKxE, v_BxNxKxE, positions_BxKxN, live_BxKxN, token_scores_BxKxT=None,
+          attention_BxKxN=None):
+  """Packs N = C + T candidates (from `candidates`) back into C slots: heads with >= C live entries keep M.
+  New tokens enter with `_token_scores`; an "attention" policy's scores gain `attention_BxKxN` (`attention_mass`)."""
   B, N, K, _ = k_BxNxKxE.shape
-  scores = jnp.concatenate(
-      [cache.scores_BxKxC, jnp.zeros((B, K, N - cache.scores_BxKxC.shape[-1]), jnp.float32)], axis=-1)
+  new_BxKxT = _token_scores(cache.policy, token_scores_BxKxT, (B, K, N - cache.scores_BxKxC.shape[-1]))
+  scores = jnp.concatenate([cache.scores_BxKxC, new_BxKxT], axis=-1)
+  if cache.policy.score == "attention" and attention_BxKxN is not None:
+    scores = scores + attention_BxKxN
   full_BxK = live_BxKxN.sum(-1) >= cache.policy.capacity
   return constrain(_select(k_BxNxKxE, v_BxNxKxE, positions_BxKxN, live_BxKxN, scores, full_BxK, cache.policy))
+
+
+def attention_mass(q_BxTxHxE, k_BxNxKxE, q_positions_BxT, kv_positions_BxKxN, keep_BxKxN, q_live_BxT=None):
+  """[B, K, N] fp32: the softmax attention probability each key receives, summed over the query heads of its KV
+  group and the (live) queries; causal by true positions. Plain XLA (the H2O statistic, spec "Results to report":
+  computed from the XLA attention probabilities, since the fused kernels do not return them)."""
+  B, T, H, E = q_BxTxHxE.shape
+  K = k_BxNxKxE.shape[2]
+  q_BxTxKxGxE = q_BxTxHxE.reshape(B, T, K, H // K, E).astype(jnp.float32)
+  logits_BxKxGxTxN = jnp.einsum("btkge,bnke->bkgtn", q_BxTxKxGxE, k_BxNxKxE.astype(jnp.float32),
+                                precision=jax.lax.Precision.HIGHEST) * E ** -0.5
+  visible_BxKxTxN = keep_BxKxN[:, :, None, :] & (kv_positions_BxKxN[:, :, None, :] <= q_positions_BxT[:, None, :, None])
+  logits_BxKxGxTxN = jnp.where(visible_BxKxTxN[:, :, None], logits_BxKxGxTxN, -jnp.inf)
+  probs_BxKxGxTxN = jax.nn.softmax(logits_BxKxGxTxN, axis=-1)
+  probs_BxKxGxTxN = jnp.where(visible_BxKxTxN[:, :, None], probs_BxKxGxTxN, 0.0)
+  if q_live_BxT is not None:
+    probs_BxKxGxTxN = probs_BxKxGxTxN * q_live_BxT[:, None, None, :, None]
+  return probs_BxKxGxTxN.sum(axis=(2, 3))
+
+
+def observe(cache, q_Bx1xHxE, positions_Bx1, live_Bx1=None):
+  """After a decode step: an "attention" policy adds the step's attention probabilities to its slots' scores
+  (a no-op for other policies)."""
+  if cache.policy.score != "attention":
+    return cache
+  mass_BxKxC = attention_mass(q_Bx1xHxE, cache.k_BxCxKxE, positions_Bx1, cache.positions_BxKxC, cache.live_BxKxC(),
+                              live_Bx1)
+  return cache.replace(scores_BxKxC=cache.scores_BxKxC + mass_BxKxC)
 
 
 def _select(k_BxNxKxE, v_BxNxKxE, positions_BxKxN, live_BxKxN, scores_BxKxN, evict_BxK, policy):

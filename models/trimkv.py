@@ -18,7 +18,6 @@ from flax import nnx
 
 from tessera.models import config_checks
 from tessera.models import decoder
-from tessera.models import kv_cache
 from tessera.models import layers
 from tessera.models import registry
 from tessera.models.attention import Attention
@@ -47,24 +46,12 @@ class RetentionAttention(Attention):
     return self._out(out_BxTxHxE)
 
   def cached(self, x_BxTxD, positions_BxT, cache, live_BxT, log_beta_BxKxT):
-    """attention.attend_cached with each token's log beta stored as its cache score (§7): decode attention is
-    plain attention over the kept tokens (beta only ranks them). Returns (out, cache)."""
-    from tessera.models import kernels  # lazy, as attention.attend_cached
-    implementation = self.implementation if self.implementation in ("xla", "pallas") else "auto"
-    if live_BxT is None:
-      live_BxT = jnp.ones(positions_BxT.shape, bool)
+    """attention.attend_cached with each token's log beta as its cache score (§7; used by "token" policies such
+    as trimkv): decode attention is plain attention over the kept tokens (beta only ranks them)."""
+    from tessera.models import attention  # the decoder's cached attention, scores passed through
     q_BxTxHxE, k_BxTxKxE, v_BxTxKxE = self._qkv(x_BxTxD, positions_BxT)
-    if q_BxTxHxE.shape[1] == 1:
-      cache = trimkv_cache.append_scored(cache, k_BxTxKxE, v_BxTxKxE, positions_BxT, live_BxT, log_beta_BxKxT)
-      out_BxTxHxE = kernels.attention(q_BxTxHxE, cache.k_BxCxKxE, cache.v_BxCxKxE, causal=True,
-                                      q_positions=positions_BxT, kv_positions=cache.positions_BxKxC,
-                                      keep=cache.live_BxKxC(), implementation=implementation)
-      return self._out(out_BxTxHxE), cache
-    k_BxNxKxE, v_BxNxKxE, pos_BxKxN, live_BxKxN = kv_cache.candidates(cache, k_BxTxKxE, v_BxTxKxE, positions_BxT,
-                                                                      live_BxT)
-    out_BxTxHxE = kernels.attention(q_BxTxHxE, k_BxNxKxE, v_BxNxKxE, causal=True, q_positions=positions_BxT,
-                                    kv_positions=pos_BxKxN, keep=live_BxKxN, implementation=implementation)
-    cache = trimkv_cache.merge_scored(cache, k_BxNxKxE, v_BxNxKxE, pos_BxKxN, live_BxKxN, log_beta_BxKxT)
+    out_BxTxHxE, cache = attention.attend_cached(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, positions_BxT, cache, live_BxT,
+                                                 self.implementation, log_beta_BxKxT)
     return self._out(out_BxTxHxE), cache
 
 
@@ -107,6 +94,8 @@ class TrimKVBlock(decoder.Block):
 
 class TrimKVDecoder(decoder.Decoder):
   """decoder.Decoder whose blocks carry retention gates; see the module docstring for the three forwards."""
+
+  writes_token_scores = True  # kv_cache.check_model: its blocks write log beta as each token's cache score
 
   def _make_blocks(self, cfg, rngs):
     if cfg.scan_layers:

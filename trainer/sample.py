@@ -21,6 +21,10 @@ def generate_batch(factory, params, tokenizer, prompts, max_new_tokens, policy=k
   """The continuations (text) of `prompts`, decoded as one batch by the engine over `factory.model(params)`."""
   with factory.context():
     model = factory.model(params)  # stored 8-bit weights (scripts/quantize) are decoded here
+    try:
+      kv_cache.check_model(policy, model)  # e.g. a policy that ranks by per-token scores the model cannot write
+    except ValueError as e:
+      raise ConfigError(str(e).splitlines()[0]) from None
     out = engine.generate(model, [_encode(tokenizer, p) for p in prompts], max_new_tokens,
                           vocab_size=tokenizer.vocab_size, policy=policy, sampling=sampling)
   return [tokenizer.decode(ids) for ids in out.tokens]

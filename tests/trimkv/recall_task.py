@@ -7,8 +7,6 @@ answer is that key's value. Token ids: filler [0, 30), QUERY 30, keys [32, 48), 
 Streaming evaluation feeds every token through the KV cache one at a time (decode steps), so the prediction at
 the last token only sees what the policy kept — a prefill would attend over the whole prompt before evicting.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +15,7 @@ from flax import nnx
 
 from tessera.losses import registry as loss_registry
 from tessera.losses.next_token import cross_entropy
-from tessera.models import kv_cache
+from tessera.models import generate, kv_cache
 
 FILLER, QUERY, KEYS, VALUES = 30, 30, (32, 48), (48, 64)
 
@@ -87,29 +85,8 @@ def train(model, loss_fn, batches, *, lr, trainable, warmup=20):
   return history
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "policy"))
-def _stream(graphdef, state, tokens_BxT, policy):
-  model = nnx.merge(graphdef, state)
-  B, T = tokens_BxT.shape
-  cache = model.init_cache(B, policy)
-
-  def body(cache, token_and_pos):
-    token_B, pos = token_and_pos
-    logits_Bx1xV, cache = model(token_B[:, None], positions_BxT=jnp.full((B, 1), pos, jnp.int32), cache=cache)
-    return cache, logits_Bx1xV[:, 0]
-
-  _, logits_TxBxV = jax.lax.scan(body, cache, (tokens_BxT.T, jnp.arange(T)))
-  return jnp.swapaxes(logits_TxBxV, 0, 1)
-
-
-def stream_logits(model, tokens_BxT, policy):
-  """Logits [B, T, V] of feeding the tokens one by one through a cache under `policy` (resolved for T)."""
-  policy = policy.resolve(1, tokens_BxT.shape[1])
-  return _stream(*nnx.split(model), tokens_BxT, policy)
-
-
 def recall_accuracy(model, batch, policy):
-  logits_BxTxV = stream_logits(model, batch["inputs"], policy)
+  logits_BxTxV = generate.stream_logits(model, batch["inputs"], policy)
   return float(np.mean(np.asarray(jnp.argmax(logits_BxTxV[:, -1], -1)) == batch["answer"]))
 
 

@@ -46,7 +46,7 @@ def test_append_evicts_at_m_plus_buffer_back_to_m_by_score():
   cache = kv_cache.init(policy, B, 1, K, 4, jnp.float32).layers[0]
   rng = np.random.default_rng(0)
   log_beta_TxK = -rng.uniform(0, 0.5, (30, K)).astype(np.float32)
-  step = jax.jit(trimkv_cache.append_scored)
+  step = jax.jit(kv_cache.append_one)
   held = [set() for _ in range(K)]
   lengths = []
   for t in range(30):
