@@ -5,7 +5,9 @@
 
 Without --topology the step is compiled for N fake CPU devices (XLA's SPMD partitioning is the same; the CPU
 backend's buffer assignment stands in for the accelerator's, see docs/scale.md for how close that is). Prints one
-line per memory kind and a JSON line; exit 0 when the peak fits the budget, 1 when it does not, 2 on bad input.
+line per memory kind, one line per tensor of every non-default optimizer group (a method's own tables, e.g. STEM's
+`stem_table`s: stem.md §7 wants them listed apart from the total) and a JSON line; exit 0 when the peak fits the
+budget, 1 when it does not, 2 on bad input.
 """
 import argparse
 import json
@@ -57,6 +59,12 @@ def main(argv=None):
     return 2
   for key in ("arguments", "outputs", "aliased", "temporaries", "generated_code", "peak"):
     print(f"{key:>15}: {report[key + '_gb']:12.6f} GB per device")
+  for t in report["group_tensors"]:
+    grad = "the batch's rows only" if t["gradient_gb"] is None else f"{t['gradient_gb']:.6f} GB"
+    total = t["param_gb"] + t["optimizer_gb"] + (t["gradient_gb"] or 0.0)
+    print(f"{'table':>15}: {total:12.6f} GB per device  {t['path']} {t['shape']} {t['dtype']} in {t['memory']} "
+          f"memory (shard {t['shard_shape']}; group {t['group']} '{t['pattern']}', update {t['update']}): "
+          f"param {t['param_gb']:.6f} + optimizer state {t['optimizer_gb']:.6f} GB + gradient {grad}")
   verdict = "fits" if report["fits"] else "DOES NOT FIT"
   print(f"{verdict}: peak {report['peak_gb']:.4f} GB of {args.hbm_gb:g} GB per device "
         f"({report['peak_gb'] / args.hbm_gb:.1%}) on {report['devices']} devices, mesh {report['mesh']}")
@@ -98,8 +106,42 @@ def check(config, args):
       "arguments_gb": m.argument_size_in_bytes / GB, "outputs_gb": m.output_size_in_bytes / GB,
       "aliased_gb": m.alias_size_in_bytes / GB, "temporaries_gb": m.temp_size_in_bytes / GB,
       "generated_code_gb": m.generated_code_size_in_bytes / GB, "peak_gb": peak / GB,
-      "budget_gb": args.hbm_gb, "fits": peak <= args.hbm_gb * GB,
+      "budget_gb": args.hbm_gb, "fits": peak <= args.hbm_gb * GB, "group_tensors": group_tensors(factory),
   }
+
+
+def group_tensors(factory):
+  """Per-device bytes of each tensor in a non-default optimizer group: the parameter shard, the optimizer-state leaves
+  that mirror it (AdamW's mu and nu) and its gradient (a dense param-shaped gradient for AdamW; an update that
+  differentiates w.r.t. gathered rows, like sparse_rows, materialises only the batch's rows: None) and its memory
+  kind (a host-offloaded table lives in pinned_host memory, outside the device peak)."""
+  import jax
+  import numpy as np
+  from tessera.trainer import optim
+
+  def shard_gb(leaf):
+    return int(np.prod(leaf.sharding.shard_shape(leaf.shape))) * np.dtype(leaf.dtype).itemsize / GB
+
+  state = factory.abstract_state()
+  labels = {optim.path_keys(p): label for p, label in jax.tree_util.tree_flatten_with_path(factory.labels)[0]}
+  opt = [(optim.path_keys(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(state["opt_state"])[0]]
+  patterns = {f"group{i}": g["pattern"] for i, g in enumerate(factory.config.optim.groups)}
+  rows = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state["params"])[0]:
+    keys = optim.path_keys(path)
+    group = labels[keys]
+    if group == optim.DEFAULT:
+      continue
+    update = factory.updates[group]
+    rows.append({
+        "path": "/".join(keys), "group": group, "pattern": patterns[group], "update": update,
+        "shape": list(leaf.shape), "dtype": str(leaf.dtype), "shard_shape": list(leaf.sharding.shard_shape(leaf.shape)),
+        "param_gb": shard_gb(leaf),
+        "optimizer_gb": sum(shard_gb(o) for k, o in opt if k[-len(keys):] == keys and o.shape == leaf.shape),
+        "gradient_gb": shard_gb(leaf) if update == optim.ADAMW else None,
+        "memory": leaf.sharding.memory_kind or "device",
+    })
+  return rows
 
 
 if __name__ == "__main__":
