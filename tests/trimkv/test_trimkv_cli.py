@@ -88,3 +88,48 @@ def test_sample_with_the_trimkv_cache(gate_run):
                    "--prompt", "def f(x): return x", "--max-new-tokens", "40")
   assert "kv trimkv M=16 capacity=24" in result.stderr
   assert result.stdout.startswith("def f(x): return x")
+
+
+def test_init_workdir_supplies_the_base_shape_and_data(base_run):
+  """configs/trimkv.py:small (d 128, 4 layers, synthetic_recall) on a configs/lm.py:tiny run takes that run's
+  model shape keys and data section; an agreeing override is fine, a disagreeing one is a one-line error."""
+  from tessera.trainer import cli
+  from tessera.trainer.config_loader import ConfigError
+  base = json.loads((base_run / "config.json").read_text())
+  config, _ = cli.load_config(f"{CONFIG}:small", {"init.workdir": str(base_run), "model.attention_impl": "xla",
+                                                  "model.d_model": base["model"]["d_model"]})
+  for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "tie_embeddings"):
+    assert config.model[key] == base["model"][key], key
+  assert config.model.name == "trimkv" and config.data.name == base["data"]["name"]
+  with pytest.raises(ConfigError, match="^config key 'model.n_layers': 7 disagrees"):
+    cli.load_config(f"{CONFIG}:small", {"init.workdir": str(base_run), "model.n_layers": 7})
+
+
+def test_init_workdir_without_attention_blocks_is_one_line_exit_2(tmp_path, base_run):
+  fake = tmp_path / "no_attention"
+  fake.mkdir()
+  config = json.loads((base_run / "config.json").read_text())
+  config["model"] = {"name": "mlp_only", "d_model": 64, "n_layers": 2}
+  (fake / "config.json").write_text(json.dumps(config))
+  result = run_cli("--config", f"{CONFIG}:tiny", "--workdir", tmp_path / "run", f"--config.init.workdir={fake}",
+                   check=False)
+  assert result.returncode == 2 and "no attention blocks" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--kv-policy", "trimkv", "--kv-budget", "16"), "writes no per-token cache scores"),
+    (("--kv-policy", "sink_window", "--kv-budget", "3"), "--kv-sinks: must be in [0, --kv-budget=3)")])
+def test_sample_bad_cache_flags_are_one_line_exit_2(base_run, flags, message):
+  """--kv-policy trimkv on a run without gates; a budget below the 4 sink tokens."""
+  result = run_cli("sample", "--workdir", base_run, *flags, "--prompt", "x", check=False)
+  assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_sample_with_h2o(gate_run):
+  """A gated model under another policy: its per-token scores are ignored, h2o accumulates attention."""
+  result = run_cli("sample", "--workdir", gate_run, "--kv-policy", "h2o", "--kv-budget", "8",
+                   "--prompt", "def f(x): return x", "--max-new-tokens", "20")
+  assert "kv h2o M=8" in result.stderr and result.stdout.startswith("def f(x): return x")
