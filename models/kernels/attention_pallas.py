@@ -21,19 +21,23 @@ import numpy as np
 
 from tessera.models.kernels.attention_blocks import block_ranges, full_blocks, visible_blocks
 from tessera.models.kernels.attention_inputs import canonical_inputs
-from tessera.models.kernels.attention_tiles import kv_rows, logits, masked_probs, visible_block_loop
-from tessera.models.kernels.backend import MASK_VALUE, block_for, dot, pallas_interpret, round_up, triton_params
+from tessera.models.kernels.attention_tiles import (attend_block, kv_rows, logits, masked_probs, softmax_init,
+                                                    visible_block_loop)
+from tessera.models.kernels.backend import block_for, dot, pallas_interpret, round_up, triton_params
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-  """Tile sizes (powers of two) of the forward, dQ and dKV kernels; clipped to the sequence lengths."""
+  """Tile sizes (powers of two) of the forward, dQ and dKV kernels, clipped to the sequence lengths; and the
+  split-K decode kernel's KV tile and number of cache chunks (attention_decode)."""
   q: int = 128
   kv: int = 64
   dq_q: int = 64
   dq_kv: int = 64
   dkv_q: int = 64
   dkv_kv: int = 64
+  decode_kv: int = 128
+  decode_splits: int = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,28 +58,11 @@ class _Static:
 
 
 def _fwd_kernel(refs, o_ref, lse_ref, *, st):
-  bq, bk = st.blocks.q, st.blocks.kv
   i = pl.program_id(2)
   q = refs["q"][...]
-  q_pos = refs["q_pos"][...]
   q_seg = refs["q_seg"][...] if st.has_segments else None
-
-  def body(j, carry, masked):
-    acc, m, l = carry
-    rows = pl.ds(pl.multiple_of(j * bk, bk), bk)
-    v = refs["v"][rows, :]
-    s, vis, _, _, _ = logits(st, q, refs["k"][rows, :], q_pos, q_seg, *kv_rows(refs, st, rows), j * bk, bk,
-                             masked)
-    m_new = jnp.maximum(m, s.max(axis=1))
-    correction = jnp.exp(m - m_new)
-    p = masked_probs(vis, jnp.exp(s - m_new[:, None]))
-    l = correction * l + p.sum(axis=1)
-    acc = correction[:, None] * acc + dot(p.astype(v.dtype), v)
-    return acc, m_new, l
-
-  init = (jnp.zeros((bq, q.shape[-1]), jnp.float32), jnp.full((bq,), MASK_VALUE, jnp.float32),
-          jnp.zeros((bq,), jnp.float32))
-  acc, m, l = visible_block_loop(refs["ranges"], i, body, init, st.skip_full_masks)
+  body = functools.partial(attend_block, st, refs, q, refs["q_pos"][...], q_seg, bk=st.blocks.kv)
+  acc, m, l = visible_block_loop(refs["ranges"], i, body, softmax_init(q), st.skip_full_masks)
   seen = l > 0.0  # rows without any visible key output zeros
   safe_l = jnp.where(seen, l, 1.0)
   o_ref[...] = jnp.where(seen[:, None], acc / safe_l[:, None], 0.0).astype(o_ref.dtype)

@@ -8,6 +8,7 @@ and the loop over a row's visible KV blocks with the mask dropped on full ones.
 import functools
 
 from jax import lax
+from jax.experimental import pallas as pl
 import jax.numpy as jnp
 
 from tessera.models.kernels.attention_blocks import FULL_HI, FULL_LO, HI, LO
@@ -59,6 +60,28 @@ def kv_rows(refs, st, rows):
   return (refs["kv_pos"][rows], refs["kv_seg"][rows] if st.has_segments else None,
           refs["keep"][rows] if st.has_keep else None,
           refs["lb"][rows] if st.retention_mode is not None else None)
+
+
+def softmax_init(q):
+  """Online-softmax state of a q tile: fp32 accumulator, running max (the finite mask value) and normaliser."""
+  rows = q.shape[0]
+  return (jnp.zeros((rows, q.shape[-1]), jnp.float32), jnp.full((rows,), MASK_VALUE, jnp.float32),
+          jnp.zeros((rows,), jnp.float32))
+
+
+def attend_block(st, refs, q, q_pos, q_seg, j, carry, masked, *, bk, kv_offset=0):
+  """One online-softmax step of a forward kernel over KV block j of refs["k"/"v"] (keys kv_offset + j*bk...)."""
+  acc, m, l = carry
+  rows = pl.ds(pl.multiple_of(j * bk, bk), bk)
+  v = refs["v"][rows, :]
+  s, vis, _, _, _ = logits(st, q, refs["k"][rows, :], q_pos, q_seg, *kv_rows(refs, st, rows), kv_offset + j * bk,
+                           bk, masked)
+  m_new = jnp.maximum(m, s.max(axis=1))
+  correction = jnp.exp(m - m_new)
+  p = masked_probs(vis, jnp.exp(s - m_new[:, None]))
+  l = correction * l + p.sum(axis=1)
+  acc = correction[:, None] * acc + dot(p.astype(v.dtype), v)
+  return acc, m_new, l
 
 
 def visible_block_loop(ranges_ref, i, step, init, skip_full_masks):

@@ -8,6 +8,7 @@ available for the backend and the arguments.
 import jax
 import jax.numpy as jnp
 
+from tessera.models.kernels.attention_decode import MAX_DECODE_QUERIES, decode_attention
 from tessera.models.kernels.attention_pallas import BlockSizes, flash_attention
 from tessera.models.kernels.attention_reference import attention_reference
 from tessera.models.kernels.backend import check_implementation
@@ -29,6 +30,9 @@ def attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, *, causal=True, segment_ids=None,
   mask and the retention distance; `log_retention` is log beta [B, K, S] (fp32, <= 0) applied as
   `retention_mode` ("mul_logit": TRIM-KV's decay on the logits; "add_bias": additive log-decay); `keep` [B, S] or
   [B, K, S] (0 = evicted). Rows without any visible key return zeros. `block_sizes` only affects "pallas".
+
+  "pallas" runs the split-K decode kernel for up to 16 queries without segment ids (generation: a decode step or
+  a short prefill chunk over a cache), the flash kernels otherwise.
   """
   check_implementation(implementation)
   plain = segment_ids is None and q_positions is None and kv_positions is None and log_retention is None and (
@@ -49,6 +53,10 @@ def attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, *, causal=True, segment_ids=None,
                 log_retention=log_retention, retention_mode=retention_mode, keep=keep, scale=scale)
   if implementation == "xla":
     return attention_reference(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, **kwargs)
+  if q_BxTxHxD.shape[1] <= MAX_DECODE_QUERIES and segment_ids is None:
+    del kwargs["segment_ids"]
+    return decode_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, block_kv=block_sizes.decode_kv,
+                            splits=block_sizes.decode_splits, **kwargs)
   return flash_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, block_sizes=block_sizes, **kwargs)
 
 

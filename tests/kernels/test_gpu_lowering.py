@@ -12,6 +12,7 @@ from jax._src.pallas.triton import lowering as triton_lowering
 import jax.numpy as jnp
 import pytest
 
+from tessera.models.kernels.attention_decode import decode_attention
 from tessera.models.kernels.attention_pallas import BlockSizes, flash_attention
 from tessera.models.kernels.stem_lookup import gated_lookup, lookup_pallas_call
 
@@ -28,7 +29,8 @@ def export_for_cuda(fn, *shapes):
 def triton_dots(monkeypatch, fn, *shapes):
   """(operand element type, input precision) of every `tt.dot` in the Triton modules `fn` lowers to.
 
-  The exported module embeds the Triton IR as bytecode, so the text is captured where jax builds it.
+  The exported module embeds the Triton IR as bytecode, so the text is captured where jax builds it (call this
+  before any other lowering of `fn`: jax caches lowerings).
   """
   modules = []
 
@@ -84,6 +86,23 @@ def test_attention_forward_and_backward_lower_to_triton(retention):
   assert module.count(TRITON) == 3
   for name in ("tessera_attention_fwd", "tessera_attention_dq", "tessera_attention_dkv"):
     assert name in module
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_decode_kernel_lowers_to_triton(monkeypatch, dtype):
+  """Split-K decode over a 1000-slot cache with keep masks and retention: one kernel, full-block loop included."""
+  B, T, H, K, D, S = 2, 1, 8, 2, 128, 1000
+
+  def decode(q, k, v, kv_pos, keep, log_beta):
+    return decode_attention(q, k, v, q_positions=jnp.full((B, T), S, jnp.int32), kv_positions=kv_pos, keep=keep,
+                            log_retention=log_beta, interpret=False)
+
+  shapes = (sds((B, T, H, D), dtype), sds((B, S, K, D), dtype), sds((B, S, K, D), dtype),
+            sds((B, K, S), jnp.int32), sds((B, K, S), jnp.int8), sds((B, K, S), jnp.float32))
+  want = ("f32", "ieee") if dtype == jnp.float32 else ("bf16", "tf32")
+  assert triton_dots(monkeypatch, decode, *shapes) == [want] * 6  # QK and PV in each of the three loops
+  module = export_for_cuda(decode, *shapes)  # (lowered above: jax reuses it)
+  assert module.count(TRITON) == 1 and "tessera_attention_decode" in module
 
 
 def test_stem_lookup_lowers_to_triton():
