@@ -47,8 +47,9 @@ def build(arg="small"):
       weight=0.0 if arg == "sft_only" else 1.0, schedule="joint", curriculum_fraction=0.5, loss="smooth_l1",
       target="ctx_fut_last", sft_on="all", ema_start=0.996, ema_end=1.0, reg_coeff=0.0))
   # Linear probes after the last step (§7); scripts/probe runs the same on any finished workdir.
-  c.probe = ml_collections.ConfigDict(dict(at_end=True, tasks="all", bootstrap=1000, iterations=500,
-                                                    batch=64))
+  # probe.target: also probe the EMA target (the secondary row; doubles the probe's forward cost).
+  c.probe = ml_collections.ConfigDict(dict(at_end=True, tasks="all", bootstrap=1000, iterations=500, batch=64,
+                                           target=True))
   c.eval.update(dict(every_steps=max(steps // 4, 1), batches=2))
   c.checkpoint.every_steps = max(steps // 4, 1)
   c.sample.max_new_tokens = 0  # a world model over event tokens: no text sample

@@ -66,11 +66,16 @@ def read_tasks(labels_dir, wanted, known_subjects):
   return tasks
 
 
-def embed(model, windows, keys, batch, ctx_len):
-  """{(subject, time): (online z [D], target z [D] or None, last LAB//A bin or -1)} for every key."""
+LENGTH_BUCKET = 64
+
+
+def embed(model, windows, keys, batch, ctx_len, with_target=True):
+  """{(subject, time): (online z [D], target z [D] or None, last LAB//A bin or -1)} for every key. Windows run
+  sorted by length, each batch cut to a multiple of LENGTH_BUCKET tokens: causal attention makes the state at
+  `last` independent of the pad after it, and the forward is the probe's main cost (early nodes are short)."""
   from tessera.models import ehr_world
 
-  has_target = hasattr(model, "target")
+  has_target = hasattr(model, "target") and with_target
   tok = windows.tokenizer
   code_id, q_first = tok.id_of.get(LAST_VALUE_CODE), tok.q_first
 
@@ -98,12 +103,14 @@ def embed(model, windows, keys, batch, ctx_len):
       at = at[(context[at + 1] >= q_first) & (context[at + 1] < q_first + 10)] if len(at) else at
       value_bin = int(context[at[-1] + 1] - q_first) if len(at) else -1
     rows.append((key, row, last, value_bin))
+  rows.sort(key=lambda r: r[2])
   for start in range(0, len(rows), batch):
     chunk = rows[start:start + batch]
-    tokens = np.full((batch, ctx_len), windows.pad_id, np.int32)
+    length = min(ctx_len, -(-(chunk[-1][2] + 1) // LENGTH_BUCKET) * LENGTH_BUCKET)
+    tokens = np.full((batch, length), windows.pad_id, np.int32)
     last = np.zeros(batch, np.int32)
     for i, (_, row, idx, _) in enumerate(chunk):
-      tokens[i], last[i] = row, idx
+      tokens[i], last[i] = row[:length], idx
     z, zt = jax.device_get(forward(state, tokens, last))
     for i, (key, _, _, value_bin) in enumerate(chunk):
       out[key] = (np.asarray(z[i], np.float32), np.asarray(zt[i], np.float32) if has_target else None, value_bin)
@@ -159,7 +166,7 @@ def run(config, model, windows, out_dir, tasks="all", step=None, write_files=Tru
     return {}
   keys = sorted({(int(s), int(t)) for subject, time_us, _, _ in labels.values()
                  for s, t in zip(subject, time_us)})
-  embeddings = embed(model, windows, keys, cfg_probe.batch, windows.ctx_len)
+  embeddings = embed(model, windows, keys, cfg_probe.batch, windows.ctx_len, cfg_probe.get("target", True))
   objective = objective_name(config)
   results = []
   for task, (subject, time_us, label, node) in labels.items():
