@@ -49,6 +49,9 @@ def check_decoder(config):
     one_of(config, f"model.{key}", DTYPES)
   one_of(config, "model.remat", REMAT)
   one_of(config, "model.attention_impl", ATTENTION)
+  require(m.attention_impl != "cudnn", "model.attention_impl",
+          "'cudnn' cannot mask packed documents (training batches carry segment ids; cuDNN attention takes none): "
+          "use 'auto' (cuDNN wherever a call is plain attention, else the Pallas kernel) or 'pallas'")
   require(isinstance(m.vocab_size, int) and m.vocab_size >= 0, "model.vocab_size",
           f"must be >= 0 (0 = the tokenizer's size padded to a multiple of 128), got {m.vocab_size!r}")
   for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
