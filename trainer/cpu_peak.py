@@ -2,7 +2,8 @@
 
 Why: re-measuring at every start gave 54-145 GFLOP/s for one machine (the run's own threads, other jobs), so MFU
 of one model read 5.7% or 52.7% and jumped at resume. A cached figure makes MFU comparable across runs and resumes.
-Delete the file (or the CPU's entry) to measure again.
+Delete the file (or the CPU's entry) to measure again. A figure measured while the machine is busy is used for that
+run only, never cached.
 """
 import json
 import math
@@ -74,8 +75,21 @@ def peak(dtypes, measure_fn=measure):
   missing = [d for d in dtypes if not isinstance(entry.get(d), (int, float)) or entry[d] <= 0]
   for dtype in missing:
     entry[dtype] = float(measure_fn(dtype))
+  if missing and busy():
+    return max(entry[d] for d in dtypes), (f"measured now for {key!r} under load (load average "
+                                           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): not cached, MFU "
+                                           "reads high")
   if missing:
     table[key] = entry
     _write(path, table)
   how = f"measured now for {key!r}" if missing else f"measured once for {key!r}"
   return max(entry[d] for d in dtypes), f"{how}, cached in {path}"
+
+
+def busy():
+  """Other work on the CPU (1-minute load average above the core count): a peak measured now would be low and,
+  once cached, inflate every later run's MFU (seen: 87% MFU from a peak measured beside four other jobs)."""
+  try:
+    return os.getloadavg()[0] > (os.cpu_count() or 1)
+  except OSError:
+    return False

@@ -52,6 +52,7 @@ def test_terminal_bar_redrawn_under_the_lines():
 
 def test_cpu_peak_measured_once_per_cpu_model(tmp_path, monkeypatch):
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(cpu_peak, "busy", lambda: False)
   calls = []
 
   def fake_measure(dtype):
@@ -66,8 +67,22 @@ def test_cpu_peak_measured_once_per_cpu_model(tmp_path, monkeypatch):
   assert table[cpu_peak.cpu_model()] == {"bfloat16": 20e9, "float32": 80e9}
 
 
+def test_cpu_peak_measured_on_a_busy_machine_is_not_cached(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(cpu_peak.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+  monkeypatch.setattr(cpu_peak.os, "cpu_count", lambda: 2)
+  peak, how = cpu_peak.peak(["float32"], lambda d: 3e10)
+  assert peak == 3e10 and "under load (load average 9.0 on 2 cores): not cached" in how
+  assert not (tmp_path / "tessera" / "cpu_peak.json").exists()
+  monkeypatch.setattr(cpu_peak.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+  peak, how = cpu_peak.peak(["float32"], lambda d: 9e10)
+  assert peak == 9e10 and "measured now" in how
+  assert cpu_peak.peak(["float32"], lambda d: 1.0)[0] == 9e10  # quiet: cached, used from then on
+
+
 def test_unreadable_cpu_peak_cache_is_measured_again(tmp_path, monkeypatch):
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(cpu_peak, "busy", lambda: False)
   (tmp_path / "tessera").mkdir()
   (tmp_path / "tessera" / "cpu_peak.json").write_text("{torn")
   assert cpu_peak.peak(["float32"], lambda d: 5e10)[0] == 5e10
