@@ -10,6 +10,7 @@ outcome window is open at the node, so an event at or before the prediction time
 import dataclasses
 import pathlib
 
+import meds
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -72,8 +73,9 @@ def subject_labels(times: dict[str, np.ndarray]) -> dict[str, list[tuple[int, bo
   return out
 
 
-def derive(events: meds_schema.Events) -> dict[str, pa.Table]:
-  """MEDS label tables (subject_id, prediction_time, boolean_value) for every task whose codes occur."""
+def derive(events: meds_schema.Events, skipped: dict | None = None) -> dict[str, pa.Table]:
+  """MEDS label tables (subject_id, prediction_time, boolean_value) for every task whose codes occur; a task whose
+  codes are absent is skipped with a one-line warning (and its reason put in `skipped`)."""
   families = {}
   for family in (ADMISSION, DISCHARGE, ICU, DEATH):
     family_codes = [i for i, c in enumerate(events.codes) if c == family or c.startswith(family + "//")]
@@ -82,7 +84,10 @@ def derive(events: meds_schema.Events) -> dict[str, pa.Table]:
   for task in TASKS:
     missing = [f for f in task.needs if not families[f].any()]
     if missing:
-      prepare_io.warn(f"label {task.name}: skipped, no {', '.join(missing)} events in the data")
+      reason = f"no {', '.join(missing)} events in the data"
+      prepare_io.warn(f"label {task.name}: skipped, {reason}")
+      if skipped is not None:
+        skipped[task.name] = reason
     else:
       tasks.append(task.name)
   rows = {name: ([], [], []) for name in tasks}
@@ -107,3 +112,46 @@ def write(tables: dict[str, pa.Table], labels_dir: pathlib.Path):
   labels_dir.mkdir(parents=True, exist_ok=True)
   for name, table in tables.items():
     pq.write_table(table, labels_dir / f"{name}.parquet")
+
+
+SPLIT_DIRS = (meds.train_split, meds.tuning_split, meds.held_out_split)
+
+
+def input_label_files(meds_dir: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+  """{task: its parquet shards} shipped with a MEDS dataset: labels/<task>.parquet (tessera's layout) and the MEDS
+  ecosystem's task_labels/<task path>/**.parquet (MEDS-DEV; shards may sit in train/tuning/held_out folders; a
+  nested task path becomes a name joined by '.'), or task_labels/<task>.parquet."""
+  tasks = {path.stem: [path] for path in sorted((meds_dir / "labels").glob("*.parquet"))}
+  root = meds_dir / "task_labels"
+  for path in sorted(root.rglob("*.parquet")):
+    parts = path.relative_to(root).with_suffix("").parts
+    folder = parts[:-1]
+    if folder and folder[-1] in SPLIT_DIRS:
+      folder = folder[:-1]
+    tasks.setdefault(".".join(folder) if folder else parts[-1], []).append(path)
+  return tasks
+
+
+def read_input_labels(meds_dir: pathlib.Path, subjects: np.ndarray) -> dict[str, pa.Table]:
+  """The dataset's own label files, each conformed to the MEDS LabelSchema (no extra columns) with every subject
+  in the data and a boolean_value (what the probes read). Any failure is one line naming the file and column."""
+  tables = {}
+  for task, paths in input_label_files(meds_dir).items():
+    parts = []
+    for path in paths:
+      try:
+        table = pq.read_table(path)
+      except (pa.ArrowInvalid, OSError) as e:
+        raise prepare_io.DataError(f"{path}: unreadable parquet ({str(e).splitlines()[0]})") from None
+      table = meds_schema.conform(meds.LabelSchema, table, path)
+      if "boolean_value" not in table.column_names:
+        raise prepare_io.DataError(f"{path}: column 'boolean_value' missing (the probes need binary labels; "
+                                   f"columns: {', '.join(table.column_names)})")
+      subject_N = table.column("subject_id").to_numpy()
+      unknown = np.flatnonzero(~np.isin(subject_N, subjects))
+      if len(unknown):
+        raise prepare_io.DataError(f"{path}: column 'subject_id': row {unknown[0]}: subject {subject_N[unknown[0]]} "
+                                   f"is not in data/ ({len(unknown)} rows of unknown subjects)")
+      parts.append(table.select(["subject_id", "prediction_time", "boolean_value"]))
+    tables[task] = pa.concat_tables(parts)
+  return tables

@@ -120,7 +120,7 @@ def write_dataset(out: pathlib.Path, num_subjects: int = 200, seed: int = 0) -> 
     pq.write_table(pa.table(table, schema=schema), out / "data" / name / "0.parquet")
   (out / "metadata").mkdir(parents=True, exist_ok=True)
   codes = sorted({c for table in columns.values() for c in table["code"]})
-  pq.write_table(pa.table({"code": codes, "description": [None] * len(codes),
+  pq.write_table(pa.table({"code": codes, "description": pa.array([None] * len(codes), pa.string()),
                            "parent_codes": pa.array([None] * len(codes), pa.list_(pa.string()))}),
                  out / "metadata" / "codes.parquet")
   pq.write_table(pa.table({"subject_id": pa.array(sorted(split_of), pa.int64()),

@@ -4,16 +4,19 @@
   scripts/train --config configs/lm.py:small --config.data.path=data/mimic-demo --workdir runs/ehr
 
 Each record is one subject: int32 token ids followed by one int64 timestamp (us) per token. The vocabulary and value
-deciles are fitted on the `train` split of metadata/subject_splits.parquet only. Derived probe labels go to
-DIR/labels/<task>.parquet (with any labels/*.parquet the input already carries).
+deciles are fitted on the `train` split of metadata/subject_splits.parquet only. The input is checked against the
+`meds` package's schemas (data, codes, subject splits, dataset.json; recorded in stats.json under "meds"). Derived
+probe labels go to DIR/labels/<task>.parquet, with the label files the input carries (labels/<task>.parquet or the
+MEDS task_labels/<task>/ layout, in the MEDS label schema) next to them; a built-in task whose codes the data lacks
+is skipped with a one-line message.
 """
 
 import hashlib
 import pathlib
-import shutil
 import sys
 import time
 
+import meds
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,17 +57,6 @@ def _fingerprint(args, meds_dir: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def _input_labels(meds_dir: pathlib.Path) -> list[pathlib.Path]:
-  """labels/*.parquet shipped with the input (e.g. the synthetic generator's), checked for the MEDS label keys."""
-  paths = sorted((meds_dir / "labels").glob("*.parquet"))
-  for path in paths:
-    names = pq.ParquetFile(path).schema_arrow.names
-    for column in ("subject_id", "prediction_time"):
-      if column not in names:
-        raise DataError(f"{path}: column {column!r} missing (a MEDS label file)")
-  return paths
-
-
 def prepare(argv=None) -> dict:
   args = parse_args(argv)
   began = time.perf_counter()
@@ -73,8 +65,9 @@ def prepare(argv=None) -> dict:
   events = meds_schema.read_events(meds_dir)
   subjects = np.unique(events.subject_id)
   split_of = meds_schema.read_splits(meds_dir, subjects)
-  meds_schema.check_codes_metadata(meds_dir)
-  input_labels = _input_labels(meds_dir)
+  codes_rows = meds_schema.check_codes_metadata(meds_dir)
+  dataset_metadata = meds_schema.read_dataset_metadata(meds_dir)
+  input_labels = meds_labels.read_input_labels(meds_dir, subjects)
   split_names = sorted(set(split_of.values()), key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 3, s))
   if "train" not in split_names:
     raise DataError(f"{meds_dir / meds_schema.SPLITS_FILE}: column 'split': no subject is in 'train'")
@@ -91,7 +84,8 @@ def prepare(argv=None) -> dict:
   vocab = meds_tokenize.fit(events, np.isin(events.subject_id, train_subjects), args.min_subjects)
   tokenizer = meds_tokenize.EventTokenizer(vocab)
   subject_tokens = meds_tokenize.SubjectTokenizer(tokenizer, events)
-  label_tables = meds_labels.derive(events)
+  skipped_tasks = {}
+  label_tables = {**meds_labels.derive(events, skipped_tasks), **input_labels}
 
   with prepare_io.staged_dir(args.out) as staging:
     prepare_io.write_json(staging / meds_tokenize.VOCAB_FILE, vocab)
@@ -134,8 +128,6 @@ def prepare(argv=None) -> dict:
     pq.write_table(table, staging / RECORDS_FILE)
     np.save(staging / UNIGRAM_FILE, counts)
     meds_labels.write(label_tables, staging / "labels")
-    for path in input_labels:
-      shutil.copy(path, staging / "labels" / path.name)
     eval_split = next((s for s in ("tuning", "held_out") if s in splits), "train")
     seconds = time.perf_counter() - began
     stats = {
@@ -144,7 +136,9 @@ def prepare(argv=None) -> dict:
         "pad_id": tokenizer.pad_id, "record_times": True, "train_split": "train", "eval_split": eval_split,
         "splits": splits, "subjects": int(sum(s["subjects"] for s in splits.values())), "events": len(events),
         "tokens": int(sum(s["tokens"] for s in splits.values())), "min_subjects": args.min_subjects,
-        "labels": sorted(p.stem for p in (staging / "labels").glob("*.parquet")),
+        "labels": sorted(label_tables), "labels_from_input": sorted(input_labels), "labels_skipped": skipped_tasks,
+        "meds": {"schema_package": f"meds {meds.__version__}", "dataset": dataset_metadata,
+                 "codes_metadata_rows": codes_rows},
         "seconds": seconds, "events_per_second": len(events) / seconds,
     }
     prepare_io.write_json(staging / prepare_io.STATS_FILE, stats)
