@@ -112,7 +112,8 @@ def make_loss_fn(config):
       loss = loss + jnp.where(lam > 0, lam * jepa, 0.0)  # exact zeros before a curriculum switch
       if cfg.reg_coeff > 0:
         loss = loss + cfg.reg_coeff * jnp.mean(jax.nn.relu(1.0 - jnp.std(z_hat_BxD, axis=0)))
-      metrics.update(jepa_loss=jepa, jepa_weight=lam, **std_stats(z_tgt_BxD, "z_tgt"))
+      metrics.update(jepa_loss=jepa, jepa_weight=lam, **std_stats(z_tgt_BxD, "z_tgt"),
+                     **std_stats(layer_norm(z_tgt_BxD), "z_tgt_ln"))  # what ẑ is fit to
     metrics["loss"] = loss
     return loss, metrics
 
