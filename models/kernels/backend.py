@@ -5,7 +5,6 @@ Pallas kernels lower through Triton on GPU and run in interpret mode on CPU (tes
 """
 
 import jax
-from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +37,7 @@ def dot(a, b, trans_a=False, trans_b=False):
   only interpret mode hides. bf16/fp16 operands keep the default (Triton ignores the TF32 flag for them).
   """
   precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-  return pl.dot(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision)
+  return pltriton.dot(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision)
 
 
 def triton_params(head_dim, num_stages=2):
