@@ -220,44 +220,45 @@ def fmt(x, spec=".2f"):
   return "-" if x is None else format(x, spec)
 
 
+def print_table(columns, rows, labels, values):
+  """A markdown table: labels(row) cells, then values(row) cells, or the row's error in their place."""
+  print("\n| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|")
+  for r in rows:
+    cells = labels(r) + ([r["error"]] + [""] * (len(columns) - len(labels(r)) - 1) if "error" in r else values(r))
+    print("| " + " | ".join(map(str, cells)) + " |")
+
+
 def render(rows):
   """Markdown tables of the rows (ratios to cuDNN / copy / XLA are computed here, from rows of the same run)."""
   head = next((r for r in rows if r.get("section") == "header"), {})
-  print(f"\njax {head.get('jax', '?')} on {head.get('device', '?')}\n")
+  print(f"\njax {head.get('jax', '?')} on {head.get('device', '?')}")
   by = lambda section: [r for r in rows if r.get("section") == section and not r.get("skipped")]
   cudnn = {(r["T"], r["D"]): r for r in by("attention") if r["impl"] == "cudnn" and "error" not in r}
-  print("| D | T | impl | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd / cuDNN | fwd+bwd / cuDNN | err vs ref | err vs cuDNN "
-        "| grad err vs cuDNN |\n|---|---|---|---|---|---|---|---|---|---|")
-  for r in by("attention"):
-    if "error" in r:
-      print(f"| {r['D']} | {r['T']} | {r['impl']} | {r['error']} | | | | | | |")
-      continue
+
+  def attention_values(r):
     c = cudnn.get((r["T"], r["D"]))
     ratio = lambda key: fmt(r[key] / c[key]) if c else "-"
-    print(f"| {r['D']} | {r['T']} | {r['impl']} | {r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f} | "
-          f"{ratio('fwd_tflops')} | {ratio('fwd_bwd_tflops')} | {fmt(r.get('err_vs_reference'), '.1e')} | "
-          f"{fmt(r.get('err_vs_cudnn'), '.1e')} | {fmt(r.get('grad_err_vs_cudnn'), '.1e')} |")
-  print("\n| blocks (q, kv, dq_q, dq_kv, dkv_q, dkv_kv) | fwd TFLOP/s | fwd+bwd TFLOP/s |\n|---|---|---|")
-  for r in by("sweep"):
-    detail = r["error"] if "error" in r else f"{r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f}"
-    print(f"| {tuple(r.get('blocks', ()))} | {detail} |")
-  print("\n| lookup | GB/s | fraction of copy | err vs xla |\n|---|---|---|---|")
-  for r in by("lookup"):
-    detail = r["error"] if "error" in r else f"{r['gbps']:.0f} | {r['fraction_of_copy']:.2f}"
-    print(f"| {r['impl']} | {detail} | {fmt(r.get('err_vs_xla'), '.1e')} |")
-  print("\n| decode S | impl | step us | tokens/s | cache GB/s | err vs reference |\n|---|---|---|---|---|---|")
-  for r in by("decode"):
-    detail = r["error"] if "error" in r else f"{r['step_us']:.0f} | {r['tokens_per_s']:.0f} | {r['cache_gbps']:.0f}"
-    print(f"| {r['S']} | {r['impl']} | {detail} | {fmt(r.get('err_vs_reference'), '.1e')} |")
-  print("\n| train | attention | params | tokens/step | step ms | TFLOP/s | MFU | loss first -> last |\n"
-        "|---|---|---|---|---|---|---|---|")
-  for r in by("train"):
-    if "error" in r:
-      print(f"| {r.get('name', '?')} | {r.get('attention', '?')} | {r['error']} | | | | | |")
-      continue
-    print(f"| {r['name']} | {r['attention']} | {r['params'] / 1e9:.2f}B | {r['tokens_per_step']} | "
-          f"{r['step_ms']:.1f} | {r['tflops']:.1f} | {fmt(r.get('mfu'), '.1%')} | "
-          f"{r['loss_first']:.3f} -> {r['loss_last']:.3f} |")
+    return [fmt(r["fwd_tflops"], ".1f"), fmt(r["fwd_bwd_tflops"], ".1f"), ratio("fwd_tflops"),
+            ratio("fwd_bwd_tflops"), *(fmt(r.get(key), ".1e") for key in ("err_vs_reference", "err_vs_cudnn",
+                                                                         "grad_err_vs_cudnn"))]
+
+  print_table(("D", "T", "impl", "fwd TFLOP/s", "fwd+bwd TFLOP/s", "fwd / cuDNN", "fwd+bwd / cuDNN", "err vs ref",
+               "err vs cuDNN", "grad err vs cuDNN"), by("attention"), lambda r: [r["D"], r["T"], r["impl"]],
+              attention_values)
+  print_table(("blocks (q, kv, dq_q, dq_kv, dkv_q, dkv_kv)", "fwd TFLOP/s", "fwd+bwd TFLOP/s"), by("sweep"),
+              lambda r: [tuple(r.get("blocks", ()))],
+              lambda r: [fmt(r["fwd_tflops"], ".1f"), fmt(r["fwd_bwd_tflops"], ".1f")])
+  print_table(("lookup", "GB/s", "fraction of copy", "err vs xla"), by("lookup"), lambda r: [r["impl"]],
+              lambda r: [fmt(r["gbps"], ".0f"), fmt(r["fraction_of_copy"]), fmt(r.get("err_vs_xla"), ".1e")])
+  print_table(("decode S", "impl", "step us", "tokens/s", "cache GB/s", "err vs reference"), by("decode"),
+              lambda r: [r["S"], r["impl"]],
+              lambda r: [fmt(r["step_us"], ".0f"), fmt(r["tokens_per_s"], ".0f"), fmt(r["cache_gbps"], ".0f"),
+                         fmt(r.get("err_vs_reference"), ".1e")])
+  print_table(("train", "attention", "params", "tokens/step", "step ms", "TFLOP/s", "MFU", "loss first -> last"),
+              by("train"), lambda r: [r.get("name"), r.get("attention")],
+              lambda r: [f"{r['params'] / 1e9:.2f}B", r["tokens_per_step"], fmt(r["step_ms"], ".1f"),
+                         fmt(r["tflops"], ".1f"), fmt(r.get("mfu"), ".1%"),
+                         f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}"])
   skipped = [r for r in rows if r.get("skipped")]
   if skipped:
     print(f"\nskipped (time budget): {', '.join(r['section'] + ' ' + r['label'] for r in skipped)}")
