@@ -497,7 +497,8 @@ def render(data, out):
            f"Model `{setup['config']}` (147,776 params: a 384×64 tied embedding, 2 blocks, d_model 64), "
            f"{setup['steps']} steps × 8 × 64 tokens on the embedded corpus, eval on {setup['eval_batches']} batches "
            f"({setup['eval_batches'] * 512:,} tokens), seeds 0..{setup['seeds'] - 1} (the seed sets init and data "
-           f"order). CPU: {setup['cpu']}, XLA single-threaded. Mean ± sample std (ddof = 1) over seeds; \"paired\" = "
+           f"order). Initialisers pick n by the weight's role (issue 16), not by its shape. CPU: {setup['cpu']}, "
+           "XLA single-threaded. Mean ± sample std (ddof = 1) over seeds; \"paired\" = "
            "per-seed difference against the named baseline of the same seed.", "",
            "```bash", "scripts/gg_experiments.py --commit      # resumable; --render-only rebuilds the page", "```", ""]
   lines += init_section(data, out) + rate_section(data, out) + deepshape_section(data) + formats_section(data, out)

@@ -241,7 +241,8 @@ def render(data, out):
       "`scripts/stem_results.py --render-only` to rebuild this page, or without it to add seeds or rows).", "",
       "STEM (arXiv 2601.10639; spec `../../shared/specs/stem.md`) against its dense SwiGLU twin with identical "
       "optimizer, data order and tokens: `configs/stem.py:small` (d=128, L=4, 4 heads, F=384, byte vocab padded to "
-      f"V={facts0['vocab_size']}, untied embeddings, Lingua init by parameter role, AdamW with the tables in their own "
+      f"V={facts0['vocab_size']}, untied embeddings, Lingua init by parameter role (since issue 16 every `mlp/down` starts "
+      "at F^-0.5 although V = F here; the page before it had d^-0.5), AdamW with the tables in their own "
       f"clipping group) and `:small_dense`, {setup['steps']} steps of 16 x 256 tokens ({tokens / 1e6:.2f}M tokens) "
       f"on the embedded corpus, warmup {facts0['warmup_steps']} steps, seeds 0..{setup['seeds'] - 1} (the seed "
       "sets init and data order; the rows of one seed see the same batches). Eval: 8 validation batches, nats per "
