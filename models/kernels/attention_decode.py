@@ -39,7 +39,6 @@ class _Static:
   interpret: bool
   head_dim: int  # padded D
   skip_full_masks: bool
-  retention_args: tuple  # (retention_mode the caller asked for,) for the reference backward
   has_segments: bool = False  # decode has no packed documents (attention_tiles reads it)
 
 
@@ -127,12 +126,11 @@ def _decode_fwd(st, q, k, v, log_beta, inputs):
 
 def _decode_bwd(st, residuals, do):
   q, k, v, log_beta, inputs = residuals
-  (retention_mode,) = st.retention_args
 
   def reference(q, k, v, log_beta):
     return attention_reference(q, k, v, causal=st.causal, q_positions=inputs.q_pos_BxT,
                                kv_positions=inputs.kv_pos_BxKxS, keep=inputs.keep_BxKxS, log_retention=log_beta,
-                               retention_mode=retention_mode, scale=st.scale)
+                               retention_mode=st.retention_mode or "mul_logit", scale=st.scale)
 
   _, vjp = jax.vjp(reference, q, k, v, log_beta)
   zeros = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0), inputs)
@@ -162,7 +160,6 @@ def decode_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, *, causal=True, q_position
                retention_mode=None if log_retention is None else retention_mode, has_keep=keep is not None,
                kv_len=S, block_kv=block_kv, splits=max(1, min(splits, -(-S // block_kv))), interpret=interpret,
                head_dim=block_for(D, 1 << 30),
-               skip_full_masks=not interpret if skip_full_masks is None else skip_full_masks,
-               retention_args=(retention_mode,))
+               skip_full_masks=not interpret if skip_full_masks is None else skip_full_masks)
   log_beta = inputs.log_beta_BxKxS
   return _decode(st, q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, log_beta, inputs._replace(log_beta_BxKxS=None))
