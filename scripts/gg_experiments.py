@@ -15,7 +15,6 @@ A unit's numbers go into <out>/gg_prior_data.json as soon as it finishes (with -
 skips finished units. Units never run are listed on the page with the reason.
 """
 import argparse
-import fcntl
 import json
 import os
 import pathlib
@@ -25,6 +24,8 @@ import sys
 import time
 
 import numpy as np
+
+import results_data
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA_FILE = "gg_prior_data.json"
@@ -45,7 +46,7 @@ class Runner:
   def __init__(self, a):
     self.a, self.runs = a, ROOT / a.runs
     self.path = ROOT / a.out / DATA_FILE
-    self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+    self.data = results_data.load(self.path)
     if "units" not in self.data:  # none yet (or the pre-issue-16 layout: its runs are not reused)
       self.data = {"units": {}, "commands": []}
 
@@ -68,27 +69,7 @@ class Runner:
     return value
 
   def save(self, message):
-    """Merged with what another worker (--seed) wrote meanwhile, under a lock, then replaced atomically."""
-    self.runs.mkdir(parents=True, exist_ok=True)
-    with open(self.runs / ".data.lock", "w") as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
-      if self.path.exists():
-        on_disk = json.loads(self.path.read_text())
-        if "units" in on_disk:
-          self.data["units"] = {**on_disk["units"], **self.data["units"]}
-          self.data["commands"] = list(dict.fromkeys(on_disk["commands"] + self.data["commands"]))
-      tmp = self.path.with_suffix(".tmp")
-      tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-      tmp.replace(self.path)
-    if self.a.commit:
-      for _ in range(5):
-        ok = subprocess.run(["git", "add", str(self.path)], cwd=ROOT, capture_output=True).returncode == 0 and \
-            subprocess.run(["git", "commit", "-q", "-m", message, "--", str(self.path)], cwd=ROOT,
-                           capture_output=True).returncode == 0
-        if ok:
-          return
-        time.sleep(5)  # another commit holds the index lock
-      print(f"note: could not commit {self.path}; the file is written", file=sys.stderr)
+    results_data.save(self.path, self.data, self.runs, self.a.commit, message)
 
   def train(self, name, seed, overrides, steps=None, init_from=None):
     workdir = self.runs / f"{name}_s{seed}"
