@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 import results_data
+from results_data import fmt, mean_std
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA_FILE = "gg_prior_data.json"
@@ -225,17 +226,6 @@ if __name__ == "__main__":
 
 
 # ---- the page, from the data file alone ----
-
-def mean_std(values):
-  """(mean, sample std with ddof=1 (nan for one value), n)."""
-  v = np.asarray(values, float)
-  return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else float("nan")), len(v)
-
-
-def fmt(values, digits=3):
-  m, s, n = mean_std(values)
-  return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f} (1 seed)"
-
 
 def seeds_of(data, prefix):
   """{seed: unit} of the units whose key is prefix/s<seed>."""

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 
 def load(path: pathlib.Path) -> dict:
   return json.loads(path.read_text()) if path.exists() else {}
@@ -43,3 +45,14 @@ def _commit(path, message):
       return
     time.sleep(5)  # another commit holds the index lock
   print(f"note: could not commit {path}; the file is written", file=sys.stderr)
+
+
+def mean_std(values):
+  """(mean, sample std with ddof=1 (nan for one value), n): the spread every results page reports."""
+  v = np.asarray(values, float)
+  return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else float("nan")), len(v)
+
+
+def fmt(values, digits=3):
+  m, s, n = mean_std(values)
+  return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f} (1 seed)"

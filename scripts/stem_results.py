@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 import results_data
+from results_data import fmt, mean_std
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # name: (label, config variant, overrides). Order = priority when CPU time is short.
@@ -158,17 +159,6 @@ def main():
 
 # ---- the page, from the data file alone ----
 
-def mean_std(values):
-  """(mean, sample std ddof=1 or nan for one value, n)."""
-  v = np.asarray(values, float)
-  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v)
-
-
-def fmt(values, digits=4):
-  m, s, n = mean_std(values)
-  return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f} (1 seed)"
-
-
 def units_of(data, row):
   return sorted((u for u in data["units"].values() if u["row"] == row), key=lambda u: u["seed"])
 
@@ -253,8 +243,8 @@ def render(data, out):
     lines.append(
         f"| {f['label']} | {f['stem_layers'] or '[]'} | {c['params_stored']:,} | {c['params_active']:,} | "
         f"{c['flops_per_token_paper']:,.0f} | {c['train_flops_per_token']:,.0f} | "
-        f"{fmt([u['final_eval_loss'] for u in units])}{f' (n={len(units)})' if len(units) > 1 else ''} | "
-        f"{fmt(delta) if row != 'dense' and delta else '-'} | "
+        f"{fmt([u['final_eval_loss'] for u in units], 4)}{f' (n={len(units)})' if len(units) > 1 else ''} | "
+        f"{fmt(delta, 4) if row != 'dense' and delta else '-'} | "
         f"{np.median([u['tokens_per_second_median'] for u in units]):,.0f} | not run (no GPU) | "
         f"{max(u['max_loss_jump_after_warmup'] for u in units):+.3f} | {touched} |")
   lines += ["", "Mean ± sample std (ddof=1) over seeds. \"Δ vs dense (paired)\": per seed, the row's final eval "
