@@ -15,8 +15,9 @@ this file's shape (only useful for smoke tests).
 Optimizer (§6 project default, the paper is silent): AdamW lr 1e-3, betas (0.9, 0.95), no weight decay, warmup
 train.steps // 20 (100 at 2000 steps), cosine to 10%, clip 1.0. Loss (§5 project defaults): forward KL + 1.0 CE +
 1.0 capacity at M = 16 (§9), normalised by t + 1.
-`base` trains the §9 decoder with plain CE on the `synthetic_recall` pipeline (data/synthetic_recall.py: recall and
-copy tasks in corpus-text filler, a third plain corpus text; bytes + task symbols = 512 ids).
+`base` trains the §9 decoder with CE on the `synthetic_recall` pipeline (data/synthetic_recall.py: recall and copy
+tasks in corpus-text filler, a third plain corpus text; bytes + task symbols = 512 ids), the loss on the task rows'
+answers only (data.recall.filler_loss=False: as §9's random filler; the corpus-text rows train every token).
 """
 import json
 import pathlib
@@ -56,7 +57,8 @@ def build(arg="small"):
   c.train.update(dict(batch_size=batch, seq_len=seq_len, steps=steps))
   c.eval.every_steps = max(steps // 4, 1)
   c.data.name = "synthetic_recall"
-  c.data.recall = ml_collections.ConfigDict(dict(pairs=4, queries=3, span=8, text_fraction=1 / 3))
+  c.data.recall = ml_collections.ConfigDict(dict(pairs=4, queries=4, span=8, text_fraction=1 / 3,
+                                                 filler_loss=arg != "base"))
   c.sample.prompt = "<k3><v7> some filler text <k9><v1> more filler <q><k3>"
   c.sample.max_new_tokens = 8
   if arg == "base":

@@ -9,12 +9,15 @@ random access, nothing cached, the resume state is the global batch index (as da
   copy    (the other half): "<span> x1..xL </span>" (L = `span` value symbols) in the first half of the filler,
           then "<copy> x1..xL" at the end; the targets after <copy> are the span, token by token.
 Filler is a random window of the corpus text with EOS removed (one document segment per task row). The base LM
-trains with plain next-token CE on every position (spec §9: "ordinary CE on a synthetic mixture").
+trains with next-token CE (spec §9: "ordinary CE on a synthetic mixture"); `data.recall.filler_loss` (default True)
+keeps the loss on every position of a task row, False puts it on the task's answers only (§9's filler is random
+noise that carries no loss signal; here the text rows still train the LM on corpus text, and the recall answers,
+~3% of the tokens otherwise, are not drowned by filler text: a project choice so the base learns the tasks at
+CPU scale).
 The tokenizer is bytes plus the task symbols, 512 ids (§9's vocabulary), so text prompts encode and symbols
 are written as tags: `scripts/sample --prompt "<span><v3><v9></span> some text <copy>"`.
 """
 
-import functools
 import re
 
 import numpy as np
@@ -31,7 +34,7 @@ SYMBOLS = ("q", "copy", "span", "/span") + tuple(f"k{i}" for i in range(NUM_KEYS
 FIRST_SYMBOL = byte_tokenizer.EOS_ID + 1
 _SYMBOL_IDS = {name: FIRST_SYMBOL + i for i, name in enumerate(SYMBOLS)}
 TASKS = ("text", "recall", "copy")
-DEFAULTS = dict(pairs=4, queries=3, span=8, text_fraction=1 / 3)
+DEFAULTS = dict(pairs=4, queries=3, span=8, text_fraction=1 / 3, filler_loss=True)
 _SPLITS = {"train": 0, "eval": 1}
 
 
@@ -83,6 +86,8 @@ def _options(cfg_data):
                      f"({opts['pairs']}) <= {NUM_KEYS} keys")
   if opts["span"] > NUM_VALUES:
     raise ValueError(f"config key 'data.recall.span': at most {NUM_VALUES} values, got {opts['span']}")
+  if not isinstance(opts["filler_loss"], bool):
+    raise ValueError(f"config key 'data.recall.filler_loss': must be a bool, got {opts['filler_loss']!r}")
   if not (isinstance(opts["text_fraction"], (int, float)) and 0 <= opts["text_fraction"] <= 1):
     raise ValueError(f"config key 'data.recall.text_fraction': must be in [0, 1], got {opts['text_fraction']!r}")
   return opts
@@ -163,8 +168,17 @@ class SyntheticRecallPipeline:
 
   def _fields(self, split, indices, task=None):
     examples = [self.example(split, int(i), task) for i in indices]
+    return self.fields(examples), examples
+
+  def fields(self, examples):
+    """The trainer's batch fields of a list of Examples (loss on the answers only in task rows when
+    data.recall.filler_loss is False)."""
     fields = packing.batch_fields(np.stack([e.tokens for e in examples]), self.tokenizer.eos_id)
-    return fields, examples
+    if not self.options["filler_loss"]:
+      answers_only = np.array([e.task != "text" for e in examples])
+      fields["loss_mask"] = np.where(answers_only[:, None], np.stack([e.answer_mask for e in examples]),
+                                     fields["loss_mask"]).astype(np.float32)
+    return fields
 
   # --- the trainer's interface ---
 
@@ -174,8 +188,7 @@ class SyntheticRecallPipeline:
 
   def train_batches(self, start_batch, rows):
     gather = global_order.GatherBatch(_Rows(self), self.global_batch_size,
-                                      global_order.local_rows(self.global_batch_size, rows),
-                                      functools.partial(_stack_fields, eos_id=self.tokenizer.eos_id))
+                                      global_order.local_rows(self.global_batch_size, rows), self.fields)
     return global_order.batches(gather, start_batch, workers=self.workers, prefetch=self.prefetch)
 
   def eval_batches(self, num_batches, rows):
@@ -195,17 +208,13 @@ class SyntheticRecallPipeline:
 
 
 class _Rows:
-  """Global row index -> train row tokens (picklable for grain workers)."""
+  """Global row index -> train Example (picklable for grain workers)."""
 
   def __init__(self, pipeline):
     self._pipeline = pipeline
 
   def __getitem__(self, index):
-    return self._pipeline.example("train", int(index)).tokens
-
-
-def _stack_fields(rows, eos_id):
-  return packing.batch_fields(np.stack(rows), eos_id)
+    return self._pipeline.example("train", int(index))
 
 
 @registry.register("synthetic_recall")

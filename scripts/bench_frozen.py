@@ -4,7 +4,12 @@ Gate-only training, as TRIM-KV trains: `configs/lm.py:small` with only a small m
 (each block's attention RMSNorm, `train.trainable=attn_norm`) and everything else in state["frozen"], against
 training every parameter. Reports the compiled step's FLOPs (XLA cost_analysis) and the step time, both steps
 timed in interleaved rounds in one process on the same batches (median of the per-round ratios).
+
+  python scripts/bench_frozen.py --config configs/trimkv.py:small --trainable retention_gate   # TRIM-KV's gates
+(the same model and objective, distillation teacher included, with every parameter trainable as the baseline).
 """
+import argparse
+import json
 import statistics
 import sys
 import time
@@ -38,13 +43,13 @@ def compiled_flops(factory, train_step, batch):
   return float(analysis["flops"])
 
 
-def run(config_spec="configs/lm.py:small", rounds=7, steps=6):
-  overrides = {"model.vocab_size": 384}
+def run(config_spec="configs/lm.py:small", rounds=7, steps=6, gate_only=GATE_ONLY, extra=None):
+  overrides = {"model.vocab_size": 384, **(extra or {})}
   rows = {name: _step(config_spec, trainable, overrides) for name, trainable in (("full", ".*"),
-                                                                                  ("gate_only", GATE_ONLY))}
+                                                                                  ("gate_only", gate_only))}
   config = rows["full"][0].config
   batches = [_batch(config, i) for i in range(4)]
-  out = {"config": config_spec, "trainable_gate_only": GATE_ONLY}
+  out = {"config": config_spec, "overrides": overrides, "trainable_gate_only": gate_only}
   states = {}
   for name, (factory, train_step) in rows.items():
     out[f"{name}_flops"] = compiled_flops(factory, train_step, batches[0])
@@ -69,3 +74,21 @@ def run(config_spec="configs/lm.py:small", rounds=7, steps=6):
   out["step_time_ratio"] = statistics.median(ratios)
   out["step_time_ratios"] = ratios
   return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(prog="scripts/bench_frozen.py", description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="configs/lm.py:small", help="config (default: %(default)s)")
+  p.add_argument("--trainable", default=GATE_ONLY, help="the gate-only train.trainable regex (default: %(default)s)")
+  p.add_argument("--seq-len", type=int, help="train.seq_len override")
+  p.add_argument("--batch-size", type=int, help="train.batch_size override")
+  p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default: %(default)s)")
+  p.add_argument("--steps", type=int, default=4, help="steps per round (default: %(default)s)")
+  args = p.parse_args(argv)
+  extra = {k: v for k, v in (("train.seq_len", args.seq_len), ("train.batch_size", args.batch_size)) if v}
+  print(json.dumps(run(args.config, args.rounds, args.steps, args.trainable, extra), indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -7,6 +7,8 @@ d_ff 1024, byte vocabulary; random weights: speed does not depend on them). At e
              new token (zero-padded, logits at the last real position): no cache, quadratic work;
   full       the engine after a c-token prompt: one jitted decode step per token over a cache of c + n slots;
   bounded    the engine with `window` M=128 (buffer 32): a 160-slot cache whatever c is.
+`--model trimkv` gives the same decoder retention gates (TRIM-KV, gate hidden 512, random weights) and bounds its
+cache with the `trimkv` policy (M=128, buffer 32: eviction by the gates' log beta scores).
 Decode tokens/s is the best of `--repeats` timed runs of n steps after a warm-up (compile excluded); cache bytes are
 the engine's cache arrays (k, v, positions, lengths, scores), and for recompute the K/V it rebuilds every step.
 """
@@ -40,9 +42,13 @@ def cpu_name():
   return "unknown"
 
 
-def build():
+def build(name="decoder"):
+  cfg = ConfigDict({**MODEL, "name": name})
+  if name == "trimkv":
+    cfg.trimkv = ConfigDict(dict(gate="rg", gate_hidden=512, gate_bias_init=10.0, gate_init_std=0.02,
+                                 retention_mode="mul_logit"))
   with nnx.use_eager_sharding(False):
-    return registry.get("decoder")(ConfigDict(MODEL), nnx.Rngs(0))
+    return registry.get(name)(cfg, nnx.Rngs(0))
 
 
 def recompute_sampler(model):
@@ -99,28 +105,32 @@ def main(argv=None):
   p.add_argument("--recompute-steps", type=int, default=8, help="tokens timed per recompute run")
   p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is kept)")
   p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)), help="comma-separated context lengths")
+  p.add_argument("--model", choices=("decoder", "trimkv"), default="decoder",
+                 help="decoder (bounded: window) or trimkv (the decoder with retention gates; bounded: trimkv)")
   args = p.parse_args(argv)
   contexts = [int(c) for c in args.contexts.split(",")]
   if max(contexts) > SEQ_LEN:
     print(f"error: --contexts: at most the model's seq_len {SEQ_LEN}", file=sys.stderr)
     return 2
   start = time.perf_counter()
-  model = build()
+  model = build(args.model)
   engine = generate.Engine(model)
-  result = {"cpu": cpu_name(), "devices": jax.device_count(), "model": {**MODEL, "seq_len": SEQ_LEN},
-            "bounded_policy": {"name": BOUNDED.name, "budget": BOUNDED.budget, "capacity": BOUNDED.capacity},
+  bounded = BOUNDED if args.model == "decoder" else kv_cache.Policy("trimkv", budget=BOUNDED.budget)
+  result = {"cpu": cpu_name(), "devices": jax.device_count(), "model": {**MODEL, "name": args.model,
+                                                                         "seq_len": SEQ_LEN},
+            "bounded_policy": {"name": bounded.name, "budget": bounded.budget, "capacity": bounded.capacity},
             "contexts": {}}
   for c in contexts:
     row = {"recompute": time_recompute(model, c, args.recompute_steps, args.repeats),
            "full": time_engine(engine, kv_cache.Policy(), c, args.steps, args.repeats),
-           "bounded": time_engine(engine, BOUNDED, c, args.steps, args.repeats)}
+           "bounded": time_engine(engine, bounded, c, args.steps, args.repeats)}
     row["full_vs_recompute"] = row["full"]["tokens_per_second"] / row["recompute"]["tokens_per_second"]
     row["bounded_vs_full"] = row["bounded"]["tokens_per_second"] / row["full"]["tokens_per_second"]
     row["bounded_cache_fraction"] = row["bounded"]["cache_bytes"] / row["full"]["cache_bytes"]
     result["contexts"][str(c)] = row
     print(f"context {c:5d}: recompute {row['recompute']['tokens_per_second']:8.1f} tok/s | full "
           f"{row['full']['tokens_per_second']:8.1f} tok/s, {row['full']['cache_bytes'] / 2**20:6.2f} MiB "
-          f"({row['full_vs_recompute']:.1f}x recompute) | bounded M={BOUNDED.budget} "
+          f"({row['full_vs_recompute']:.1f}x recompute) | {bounded.name} M={bounded.budget} "
           f"{row['bounded']['tokens_per_second']:8.1f} tok/s, {row['bounded']['cache_bytes'] / 2**20:6.2f} MiB",
           file=sys.stderr, flush=True)
   if "1024" in result["contexts"]:

@@ -5,7 +5,7 @@
   .venv/bin/python scripts/trimkv_results.py --render-only        # the page from the committed JSON
 
 Units, each an ordinary CLI run, its numbers stored in docs/results/trimkv_data.json (and committed) as soon as
-it finishes, never redone:
+it finishes, never redone (the gate seeds run concurrently, then the evaluations):
   base            scripts/train --config configs/trimkv.py:base (§9 decoder on synthetic_recall; scaled for 2 cores:
                   seq_len 128, --base-steps), into runs/trimkv_study/base
   eval_base       scripts/eval_kv on the base: full cache, sink_window (StreamingLLM, 4 sinks), window, h2o
@@ -15,12 +15,12 @@ it finishes, never redone:
 Then renders docs/results/trimkv.md (mean ± sample std over the 3 gate seeds, ddof=1; the deterministic baselines
 share one base, so they have one value), trimkv_accuracy.png (recall / copy accuracy and KL vs M per policy),
 trimkv_log_beta.png (log beta per (layer, KV head) over a sample recall row) and trimkv_occupancy.png (soft
-occupancy at the last position vs M during gate training). CPU time: each unit's children's user + system time.
+occupancy at the last position vs M during gate training). CPU time: each unit's process's user + system time.
 """
 import argparse
 import json
+import os
 import pathlib
-import resource
 import subprocess
 import sys
 import time
@@ -28,9 +28,14 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = ROOT / "docs/results/trimkv_data.json"
-PAGE = ROOT / "docs/results/trimkv.md"
-FIGS = {k: ROOT / f"docs/results/trimkv_{k}.png" for k in ("accuracy", "log_beta", "occupancy")}
+DATA = PAGE = FIGS = None  # set by set_out_dir (default docs/results)
+
+
+def set_out_dir(out_dir):
+  global DATA, PAGE, FIGS
+  out_dir = ROOT / out_dir
+  DATA, PAGE = out_dir / "trimkv_data.json", out_dir / "trimkv.md"
+  FIGS = {k: out_dir / f"trimkv_{k}.png" for k in ("accuracy", "log_beta", "occupancy")}
 SEEDS = (0, 1, 2)
 BUDGETS = (8, 16, 32, 64)
 M_TRAIN = 16
@@ -44,6 +49,7 @@ def parse_args(argv):
   p.add_argument("--gate-steps", type=int, default=600, help="gate steps per seed (default: %(default)s)")
   p.add_argument("--seq-len", type=int, default=128, help="rows of the study (default: %(default)s; §9: 256)")
   p.add_argument("--sequences", type=int, default=64, help="held-out rows per task in eval_kv (default: %(default)s)")
+  p.add_argument("--out-dir", default="docs/results", help="JSON, page and figures (default: %(default)s)")
   p.add_argument("--render-only", action="store_true", help="only render the page from the JSON")
   p.add_argument("--no-commit", action="store_true", help="do not git-commit the JSON after each unit")
   return p.parse_args(argv)
@@ -69,21 +75,22 @@ def save(data, commit, message):
       time.sleep(5)
 
 
-def run_unit(name, cmd, data, commit, collect):
-  """Runs `cmd` (a CLI) unless `name` is stored; stores collect() + its children's CPU seconds."""
-  if name in data["units"]:
-    return data["units"][name]
-  print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(map(str, cmd))}", flush=True)
-  before = resource.getrusage(resource.RUSAGE_CHILDREN)
-  start = time.time()
-  subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True)
-  after = resource.getrusage(resource.RUSAGE_CHILDREN)
-  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-  unit = {**collect(), "cpu_seconds": round(cpu, 1), "wall_seconds": round(time.time() - start, 1)}
-  data["units"][name] = unit
-  print(f"[{time.strftime('%H:%M:%S')}] {name}: {cpu / 60:.1f} CPU min", flush=True)
-  save(data, commit, f"{name} done")
-  return unit
+def run_units(units, data, commit):
+  """Runs every (name, cmd, collect) not stored yet, concurrently (the 2-core box is shared: parallel units get a
+  fairer share of it), and stores collect() + that child's own CPU seconds (os.wait4) as each one finishes."""
+  procs = {}
+  for name, cmd, collect in units:
+    if name not in data["units"]:
+      print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(map(str, cmd))}", flush=True)
+      procs[name] = (subprocess.Popen([str(c) for c in cmd], cwd=ROOT), collect, time.time())
+  for name, (proc, collect, start) in procs.items():
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+      raise SystemExit(f"{name} failed (exit {os.waitstatus_to_exitcode(status)}); rerun to resume")
+    cpu = usage.ru_utime + usage.ru_stime
+    data["units"][name] = {**collect(), "cpu_seconds": round(cpu, 1), "wall_seconds": round(time.time() - start, 1)}
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {cpu / 60:.1f} CPU min", flush=True)
+    save(data, commit, f"{name} done")
 
 
 def train_metrics(workdir):
@@ -96,6 +103,7 @@ def train_metrics(workdir):
 
 def main(argv=None):
   args = parse_args(argv)
+  set_out_dir(args.out_dir)
   data = load()
   if args.render_only:
     render(data)
@@ -110,26 +118,24 @@ def main(argv=None):
   common = [f"--config.train.seq_len={args.seq_len}", "--config.train.log_every_steps=10",
             "--config.sample.max_new_tokens=0"]
   base = study / "base"
-  run_unit("base", [py, "-m", "tessera.trainer", "train", "--config", "configs/trimkv.py:base", "--workdir", base,
-                    f"--config.train.steps={args.base_steps}", "--config.eval.every_steps=300",
-                    "--config.checkpoint.every_steps=200", *common], data, commit,
-           lambda: {"metrics": train_metrics(base)[-1:]})
-  budgets = ",".join(map(str, BUDGETS))
-  eval_cmd = [py, "scripts/eval_kv.py", "--budgets", budgets, "--sequences", str(args.sequences)]
-  run_unit("eval_base", [*eval_cmd, "--workdir", base, "--policies", ",".join(BASELINES),
-                         "--out", study / "eval_base.json"], data, commit,
-           lambda: json.loads((study / "eval_base.json").read_text()))
-  for seed in SEEDS:
-    gates = study / f"gates_s{seed}"
-    run_unit(f"gates_s{seed}", [py, "-m", "tessera.trainer", "train", "--config", "configs/trimkv.py:small",
-                                f"--config.init.workdir={base}", "--workdir", gates, f"--config.seed={seed}",
-                                f"--config.train.steps={args.gate_steps}", "--config.train.batch_size=16",
-                                f"--config.eval.every_steps={args.gate_steps}",
-                                f"--config.checkpoint.every_steps={max(args.gate_steps // 3, 1)}", *common],
-             data, commit, lambda: {"metrics": train_metrics(gates)})
-    run_unit(f"eval_s{seed}", [*eval_cmd, "--workdir", gates, "--policies", "trimkv,random", "--seed", str(seed),
-                               "--out", study / f"eval_s{seed}.json"], data, commit,
-             lambda: json.loads((study / f"eval_s{seed}.json").read_text()))
+  run_units([("base", [py, "-m", "tessera.trainer", "train", "--config", "configs/trimkv.py:base", "--workdir", base,
+                       f"--config.train.steps={args.base_steps}", "--config.eval.every_steps=300",
+                       "--config.checkpoint.every_steps=200", *common],
+              lambda: {"metrics": train_metrics(base)[-1:]})], data, commit)
+  eval_cmd = [py, "scripts/eval_kv.py", "--budgets", ",".join(map(str, BUDGETS)), "--sequences", str(args.sequences)]
+  reader = lambda path: lambda: json.loads(path.read_text())
+  gates = {s: study / f"gates_s{s}" for s in SEEDS}
+  run_units([("eval_base", [*eval_cmd, "--workdir", base, "--policies", ",".join(BASELINES),
+                            "--out", study / "eval_base.json"], reader(study / "eval_base.json"))] +
+            [(f"gates_s{s}", [py, "-m", "tessera.trainer", "train", "--config", "configs/trimkv.py:small",
+                              f"--config.init.workdir={base}", "--workdir", gates[s], f"--config.seed={s}",
+                              f"--config.train.steps={args.gate_steps}", "--config.train.batch_size=16",
+                              f"--config.eval.every_steps={args.gate_steps}",
+                              f"--config.checkpoint.every_steps={max(args.gate_steps // 3, 1)}", *common],
+              (lambda w: lambda: {"metrics": train_metrics(w)})(gates[s])) for s in SEEDS], data, commit)
+  run_units([(f"eval_s{s}", [*eval_cmd, "--workdir", gates[s], "--policies", "trimkv,random", "--seed", str(s),
+                             "--out", study / f"eval_s{s}.json"], reader(study / f"eval_s{s}.json")) for s in SEEDS],
+            data, commit)
   data["cpu_minutes_total"] = round(sum(u["cpu_seconds"] for u in data["units"].values()) / 60, 1)
   save(data, commit, f"complete ({data['cpu_minutes_total']} CPU min)")
   print(f"done: {data['cpu_minutes_total']} CPU minutes", flush=True)

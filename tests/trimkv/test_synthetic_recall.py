@@ -73,3 +73,14 @@ def test_bad_options_name_their_key(key, value):
 def test_short_rows_are_refused():
   with pytest.raises(ValueError, match="train.seq_len"):
     pipeline(seq_len=32)
+
+
+def test_filler_loss_off_trains_task_rows_on_their_answers_only():
+  data = pipeline(filler_loss=False)
+  batch = next(data.train_batches(0, slice(None)))
+  for row in range(8):
+    e = data.example("train", row)
+    if e.task == "text":
+      assert batch["loss_mask"][row].sum() >= 120
+    else:
+      np.testing.assert_array_equal(batch["loss_mask"][row], e.answer_mask.astype(np.float32))
