@@ -10,7 +10,8 @@ it finishes, never redone (the gate seeds run concurrently, then the evaluations
                   seq_len 128, --base-steps), into runs/trimkv_study/base
   eval_base       scripts/eval_kv on the base: full cache, sink_window (StreamingLLM, 4 sinks), window, h2o
   gates_s{0,1,2}  scripts/train --config configs/trimkv.py:small --config.init.workdir=<base> --config.seed=s
-                  (--gate-steps x batch 16, M = 16, buffer 8): three gate seeds on the one shared base
+                  (--gate-steps x batch 16, M = 16, buffer 8): three gate seeds on the one shared base, distilling
+                  on every position of every row (data.recall.filler_loss=True: §5's "all non-padding positions")
   eval_s{0,1,2}   scripts/eval_kv on each gate run: trimkv and random (seeded by s)
 Then renders docs/results/trimkv.md (mean ± sample std over the 3 gate seeds, ddof=1; the deterministic baselines
 share one base, so they have one value), trimkv_accuracy.png (recall / copy accuracy and KL vs M per policy),
@@ -131,7 +132,8 @@ def main(argv=None):
                               f"--config.init.workdir={base}", "--workdir", gates[s], f"--config.seed={s}",
                               f"--config.train.steps={args.gate_steps}", "--config.train.batch_size=16",
                               f"--config.eval.every_steps={args.gate_steps}",
-                              f"--config.checkpoint.every_steps={max(args.gate_steps // 3, 1)}", *common],
+                              f"--config.checkpoint.every_steps={max(args.gate_steps // 3, 1)}",
+                              "--config.data.recall.filler_loss=True", *common],
               (lambda w: lambda: {"metrics": train_metrics(w)})(gates[s])) for s in SEEDS], data, commit)
   run_units([(f"eval_s{s}", [*eval_cmd, "--workdir", gates[s], "--policies", "trimkv,random", "--seed", str(s),
                              "--out", study / f"eval_s{s}.json"], reader(study / f"eval_s{s}.json")) for s in SEEDS],
