@@ -175,6 +175,8 @@ def check(config):
   for key in ("bootstrap", "iterations", "batch"):
     if not (isinstance(probe[key], int) and probe[key] >= 1):
       _fail(f"probe.{key}", f"must be an int >= 1, got {probe[key]!r}")
+  if not isinstance(probe.get("target", True), bool):
+    _fail("probe.target", f"must be true or false, got {probe.target!r}")
 
 
 registry.rule(check=check)(lambda config: None)
