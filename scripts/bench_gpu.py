@@ -10,7 +10,8 @@ Sections, in this order (each must start its rows by a fraction of --budget-s; l
   decode     the split-K decode kernel vs XLA (the engine's fp32 reference and bf16 dot_product_attention) over
              caches of 8k and 32k slots (10% evicted): tokens/s of one attention layer;
   train      a ~1B dense decoder (bench_gpu_train.py), 10 steps: step time and MFU vs the bf16 peak;
-  sweep      our kernel's block sizes at T=4k, D=128 (fwd and fwd+bwd), in the time left.
+  sweep      our kernel's block sizes at T=4k, D=128 (fwd and fwd+bwd), and the default blocks with full blocks
+             masked too (what the unmasked full-block loop buys), in the time left.
 `--cpu-smoke` runs every section at tiny shapes on CPU (Pallas interpret mode) to check the code paths: its numbers
 mean nothing. `--render FILE` prints the tables of a JSONL file (also one a cut-short run left).
 """
@@ -82,6 +83,8 @@ def attention_fns(impl, blocks, log_beta):
   """(fwd, fwd_bwd) jitted for one implementation; fwd_bwd returns (dq, dk, dv) for a fixed cotangent."""
   if impl == "cudnn":
     attend = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+  elif impl == "pallas_all_masked":  # full blocks masked too: does the unmasked full-block loop pay?
+    attend = lambda q, k, v: kernels.flash_attention(q, k, v, causal=True, block_sizes=blocks, skip_full_masks=False)
   else:
     extra = dict(log_retention=log_beta, retention_mode="mul_logit") if impl == "pallas_mul_logit" else {}
     attend = lambda q, k, v: kernels.attention(q, k, v, causal=True, implementation="pallas", block_sizes=blocks,
@@ -204,6 +207,8 @@ def plan(smoke):
     blocks = kernels.BlockSizes(*sizes)
     steps.append(("sweep", f"blocks={sizes}", lambda blocks=blocks, **kw: attention_rows(
         mid, top_d, impls=("pallas",), blocks=blocks, section="sweep", **kw)))
+  steps.append(("sweep", "full blocks masked", lambda **kw: attention_rows(
+      mid, top_d, impls=("pallas_all_masked",), section="sweep", **kw)))
   return steps
 
 
@@ -245,8 +250,8 @@ def render(rows):
   print_table(("D", "T", "impl", "fwd TFLOP/s", "fwd+bwd TFLOP/s", "fwd / cuDNN", "fwd+bwd / cuDNN", "err vs ref",
                "err vs cuDNN", "grad err vs cuDNN"), by("attention"), lambda r: [r["D"], r["T"], r["impl"]],
               attention_values)
-  print_table(("blocks (q, kv, dq_q, dq_kv, dkv_q, dkv_kv)", "fwd TFLOP/s", "fwd+bwd TFLOP/s"), by("sweep"),
-              lambda r: [tuple(r.get("blocks", ()))],
+  print_table(("impl", "blocks (q, kv, dq_q, dq_kv, dkv_q, dkv_kv)", "fwd TFLOP/s", "fwd+bwd TFLOP/s"),
+              by("sweep"), lambda r: [r["impl"], tuple(r.get("blocks", ()))],
               lambda r: [fmt(r["fwd_tflops"], ".1f"), fmt(r["fwd_bwd_tflops"], ".1f")])
   print_table(("lookup", "GB/s", "fraction of copy", "err vs xla"), by("lookup"), lambda r: [r["impl"]],
               lambda r: [fmt(r["gbps"], ".0f"), fmt(r["fraction_of_copy"]), fmt(r.get("err_vs_xla"), ".1e")])
