@@ -125,7 +125,6 @@ def ablation_section(data):
   reference = units.get("joint_s0")
   lines = ["| run (seed 0) | long_term_slope | Δ vs joint | short_term | Δ vs joint | death_1y |",
            "|---|---|---|---|---|---|"]
-  described = {p["unit"]: p["description"] for p in plan}
   rows = [("joint_s0", "SFT+JEPA joint (reference)")] + [(p["unit"], p["description"]) for p in plan
                                                          if p["group"] == "ablation" or p["unit"] == "curriculum_s0"]
   for name, description in rows:
@@ -137,8 +136,8 @@ def ablation_section(data):
       value = auroc_of(unit, task)
       ref = auroc_of(reference, task) if reference else None
       cells += [f"{value:.3f}", f"{value - ref:+.3f}" if ref is not None and name != "joint_s0" else "–"]
-    lines.append(f"| {described.get(name, description)} | " + " | ".join(cells) +
-                 f" | {auroc_of(unit, 'death_1y'):.3f} |")
+    death = auroc_of(unit, "death_1y")
+    lines.append(f"| {description} | " + " | ".join(cells) + (f" | {death:.3f} |" if death is not None else " | – |"))
   missing = [p for p in plan if p["unit"] not in units]
   not_run = [f"- `{p['unit']}` ({p['description']}, {p['group']}): not run — the study's CPU time ran out before it "
              "(scripts/ehr_study.py --commit resumes here)" for p in missing]
@@ -173,7 +172,7 @@ def render(data, out, name):
   md = ["# EHR world models: SFT + JEPA vs SFT-only (issue 14, jepa_ehr.md)", "",
         f"Produced by `scripts/ehr_results.py` from `{DATA_FILE}` (written unit by unit by `scripts/ehr_study.py`). "
         f"CPU: {setup.get('cpu', '?')}, {setup.get('threads', '?')}; {len(units)} finished units took "
-        f"{cpu_min:.1f} CPU-min" + (" (resumed units count only their last attempt)"
+        f"{cpu_min:.1f} CPU-min" + (" (units marked resumed lost the CPU of an attempt an abrupt stop cut short)"
                                    if any(u.get("resumed") for u in units.values()) else "") + ".", "",
         f"Synthetic set (§6): {setup.get('synthetic_subjects', '?')} subjects, probes fit on train nodes, C on "
         "tuning, tested on the 400 held-out subjects; model `small` (4 layers, d = 128), context/future 192/64, "
@@ -185,7 +184,9 @@ def render(data, out, name):
            *table, "", "## Spec check 8", "", *check8(main), ""]
   ablations, not_run = ablation_section(data)
   if len(ablations) > 3:
-    md += ["## Ablations (1 seed each; mean AUROC over the three nodes)", "", *ablations, ""]
+    md += ["## Ablations (1 seed each; mean AUROC over the three nodes)", "",
+           "One seed against the joint run of the same seed: a Δ inside the main table's seed std is noise.", "",
+           *ablations, ""]
   if not_run:
     md += ["## Not run", "", *not_run, "- the `text` tokenizer (§4.3) for the MIMIC table: not implemented", ""]
   if mimic:

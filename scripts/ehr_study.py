@@ -9,7 +9,8 @@ Data: the §6 synthetic set (4,000 subjects, seed 0) generated and prepared once
 <runs>/<unit> through the real CLI (configs/ehr_jepa.py, probes at the end), single-threaded XLA; a rerun skips
 finished units and resumes an interrupted one from its last checkpoint. A finished unit's probe rows, training
 curves and CPU seconds go into docs/results/jepa_ehr_data.json (with --commit also into git), then the page is
-rendered by scripts/ehr_results.py. Units, in order (main first; later ones are cut when CPU runs out):
+rendered by scripts/ehr_results.py. Units, in order (main first; later ones are cut when CPU runs out;
+SIGTERM stops the running unit after the trainer's save and records the CPU it used):
   main: SFT-only and SFT+JEPA joint, seeds 0-2, alternating; mimic: tiny 200 steps, Δ = 30 d, SFT-only and joint;
   curriculum: seed 0; ablations (seed 0, joint + one override): λ 0.1, target fut_only_last, cosine loss, Δ 30/365 d.
 Scale (project default for 2 cores, set by the measured step): `small` (4 layers, d = 128), context/future 192/64,
@@ -21,6 +22,7 @@ import json
 import os
 import pathlib
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -73,9 +75,19 @@ class Study:
                 "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache")}
 
   def run(self, args, log):
+    """The command in a child; on SIGTERM/SIGINT the child gets SIGTERM (the trainer saves, a rerun resumes) and is
+    waited for, so its CPU time is counted."""
     print("+", " ".join(args), flush=True)
     with open(log, "a") as f:
-      subprocess.run([sys.executable, *args], cwd=ROOT, env=self.env, check=True, stdout=f, stderr=subprocess.STDOUT)
+      child = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+      try:
+        code = child.wait()
+      except BaseException:
+        child.terminate()
+        child.wait()
+        raise
+    if code:
+      raise subprocess.CalledProcessError(code, args)
 
   def prepare(self, name, make_input):
     out = self.runs / name
@@ -102,18 +114,25 @@ class Study:
       return
     data = self.prepare("mimic", lambda: MIMIC) if group == "mimic" else self.synthetic()
     workdir = self.runs / name
-    resumed = workdir.exists()  # an abrupt stop cut an earlier attempt short: its CPU is not counted
+    partial = self.runs / f"{name}.cpu.json"  # CPU and wall seconds of attempts a stop cut short
+    spent = json.loads(partial.read_text()) if partial.exists() else {"cpu_s": 0.0, "wall_s": 0.0, "attempts": 0}
+    resumed = workdir.exists() and not spent["attempts"]  # an earlier attempt whose CPU was not recorded
     began_cpu, began = cpu_seconds(), time.time()
     flags = [f"--config.{k}={v}" for k, v in overrides.items()]
-    if not (workdir / "summary.json").exists():
-      self.run(["-m", "tessera.trainer", "train", "--config", f"configs/ehr_jepa.py:{variant}", "--workdir",
-                str(workdir), f"--config.data.path={data}", "--config.probe.target=False",
-                "--config.train.log_every_steps=10", "--config.checkpoint.every_steps=100", *flags],
-               workdir.parent / f"{name}.log")
-    if not (workdir / "probe" / "probe.json").exists():  # stopped during the end-of-run probe
-      self.run(["-m", "tessera.losses.ehr_probe_cli", "--workdir", str(workdir)], workdir.parent / f"{name}.log")
-    spent = {"cpu_s": cpu_seconds() - began_cpu, "wall_s": time.time() - began, "resumed": resumed}
-    self.data["units"][name] = {"group": group, **overrides, **ehr_results.unit_record(workdir), **spent}
+    try:
+      if not (workdir / "summary.json").exists():
+        self.run(["-m", "tessera.trainer", "train", "--config", f"configs/ehr_jepa.py:{variant}", "--workdir",
+                  str(workdir), f"--config.data.path={data}", "--config.probe.target=False",
+                  "--config.train.log_every_steps=10", "--config.checkpoint.every_steps=100", *flags],
+                 workdir.parent / f"{name}.log")
+      if not (workdir / "probe" / "probe.json").exists():  # stopped during the end-of-run probe
+        self.run(["-m", "tessera.losses.ehr_probe_cli", "--workdir", str(workdir)], workdir.parent / f"{name}.log")
+    finally:
+      spent = {"cpu_s": spent["cpu_s"] + cpu_seconds() - began_cpu, "wall_s": spent["wall_s"] + time.time() - began,
+               "attempts": spent["attempts"] + 1}
+      partial.write_text(json.dumps(spent) + "\n")
+    self.data["units"][name] = {"group": group, **overrides, **ehr_results.unit_record(workdir), **spent,
+                                "resumed": resumed}
     self.save(f"EHR study: {name} ({spent['cpu_s'] / 60:.1f} CPU-min)")
 
   def save(self, message):
@@ -133,6 +152,7 @@ class Study:
 
 
 def main(argv=None):
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through Study.run: the child stops cleanly
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--runs", default="runs/ehr_study", help="where the data and unit workdirs go")
   p.add_argument("--out", default="docs/results", help="where the data JSON and the page go")
