@@ -117,7 +117,7 @@ CASES = [
     Case(T=64, S=64, H=4, K=1, D=64, retention="add_bias", blocks=BLOCKS_MIXED),  # GQA 4, bq != bk
     Case(B=2, T=48, S=48, causal=False, segments=True, K=2),  # GQA 1, non-causal
     Case(T=24, S=72, H=4, K=2, retention="mul_logit", cache="prefill", blocks=BLOCKS_MIXED),
-    Case(B=2, T=16, S=64, H=8, K=2, retention="mul_logit", cache="compacted"),
+    Case(B=2, T=24, S=64, H=8, K=2, retention="mul_logit", cache="compacted"),  # T > 16: flash, not decode
     Case(T=33, S=33, D=40, retention="add_bias", blocks=kernels.BlockSizes()),  # default blocks, D padded to 64
     Case("bfloat16", B=2, T=80, S=80, H=4, K=2, D=64, segments=True, retention="mul_logit",
          blocks=kernels.BlockSizes(32, 32, 32, 32, 32, 32)),
