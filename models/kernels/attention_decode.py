@@ -107,7 +107,7 @@ def _forward(st, q, k, v, log_beta, inputs):
   q_rows = q.reshape(B, T, K, G, D).transpose(0, 2, 1, 3, 4).reshape(B, K, rows, D)
   q_rows = jnp.pad(q_rows, ((0, 0), (0, 0), (0, R - rows), (0, D_pad - D)))
   q_pos = jnp.pad(jnp.repeat(inputs.q_pos_BxT, G, axis=1), ((0, 0), (0, R - rows)), mode="edge")
-  pad_s = lambda x, value=0: None if x is None else jnp.pad(x, [(0, 0)] * 2 + [(0, S_pad - S)], constant_values=value)
+  pad_s = lambda x: None if x is None else jnp.pad(x, ((0, 0), (0, 0), (0, S_pad - S)))  # masked via kv_len
   pad_kv = lambda x: jnp.pad(x, ((0, 0), (0, S_pad - S), (0, 0), (0, D_pad - D)))
   acc, m, l = _partials(st, q_rows, pad_kv(k), pad_kv(v), q_pos, pad_s(inputs.kv_pos_BxKxS),
                         pad_s(inputs.keep_BxKxS), pad_s(log_beta))
