@@ -133,3 +133,14 @@ def test_sample_with_h2o(gate_run):
   result = run_cli("sample", "--workdir", gate_run, "--kv-policy", "h2o", "--kv-budget", "8",
                    "--prompt", "def f(x): return x", "--max-new-tokens", "20")
   assert "kv h2o M=8" in result.stderr and result.stdout.startswith("def f(x): return x")
+
+
+@pytest.mark.parametrize("flags, message", [(("--budgets", "4,16"), "--budgets: M=4 must exceed the 4 sink"),
+                                            ((), "eval_kv needs the synthetic_recall tasks")])
+def test_eval_kv_bad_input_is_one_line_exit_2(base_run, flags, message):
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "scripts/eval_kv.py", "--workdir", str(base_run), *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
