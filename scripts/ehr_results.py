@@ -214,7 +214,10 @@ def plot(units, path):
     for objective in objectives + ["last_value"]:
       members, encoder = (groups[objective], "online") if objective != "last_value" else (
           list(units.values())[:1], "last_value")
-      stats = [mean_std([v for u in members if (v := auroc_of(u, task, n, encoder)) is not None]) for n in NODES]
+      values = [[v for u in members if (v := auroc_of(u, task, n, encoder)) is not None] for n in NODES]
+      if not all(values):
+        continue
+      stats = [mean_std(v) for v in values]
       ax.errorbar(NODES, [m for m, _, _ in stats], yerr=[0 if np.isnan(s) else s for _, s, _ in stats],
                   marker="o", capsize=3, label=objective if objective != "last_value" else "last LAB//A value")
     ax.set(title=task, xlabel="decision node", ylabel="AUROC (mean ± std over seeds)")

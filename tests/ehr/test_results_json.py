@@ -49,3 +49,36 @@ def test_check8_three_seeds_each_and_the_stated_verdict(data):
   line = next(line for line in ehr_results.check8(main) if line.startswith("- **sft+jepa_joint"))
   assert f"long_term_slope {gap['long_term_slope']:+.3f}" in line
   assert ("the claim holds here" if holds else "the claim is not reproduced here") in line
+
+
+def test_study_skips_finished_units_and_collects_a_finished_workdir(tmp_path, monkeypatch):
+  """scripts/ehr_study.py resumes: a unit already in the JSON is skipped, a workdir that finished training and
+  probing (an earlier attempt stopped before saving) is collected without running anything."""
+  import ehr_study
+  runs, out = tmp_path / "runs", tmp_path / "out"
+  (runs / "data").mkdir(parents=True)
+  (runs / "data" / "stats.json").write_text("{}")
+  workdir = runs / "joint_s0"
+  (workdir / "probe").mkdir(parents=True)
+  (workdir / "summary.json").write_text("{}")
+  (workdir / "config.json").write_text(json.dumps({"seed": 0}))
+  (workdir / "metrics.jsonl").write_text(json.dumps({"step": 10, "train/sft_loss": 2.0, "train/z_hat_std_mean": 0.1,
+                                                     "train/z_hat_std_min": 0.05}) + "\n")
+  rows = [{"task": t, "node": n, "encoder": "online", "auroc": 0.7, "auroc_lo": 0.6, "auroc_hi": 0.8, "auprc": 0.5,
+           "n": 400, "positives": 200, "protocol": "train/tuning/held_out"}
+          for t in ehr_results.SYNTH_TASKS for n in ehr_results.NODES]
+  (workdir / "probe" / "probe.json").write_text(json.dumps({"objective": "sft+jepa_joint", "step": 500,
+                                                            "results": rows}))
+  out.mkdir()
+  (out / ehr_results.DATA_FILE).write_text(json.dumps({"units": {"sft_only_s0": {
+      "group": "main", "objective": "sft_only", "seed": 0, "steps": 500, "results": rows, "cpu_s": 60.0,
+      "curves": {"step": [10], "sft_loss": [2.0], "z_hat_std_mean": [0.1], "z_hat_std_min": [0.05]}}}}))
+  calls = []
+  monkeypatch.setattr(ehr_study.Study, "run", lambda self, args, log: calls.append(args))
+  monkeypatch.setattr(ehr_study, "ROOT", tmp_path)
+  ehr_study.main(["--runs", str(runs), "--out", str(out), "--only", "sft_only_s0,joint_s0"])
+  assert calls == []
+  data = json.loads((out / ehr_results.DATA_FILE).read_text())
+  assert set(data["units"]) == {"sft_only_s0", "joint_s0"} and data["units"]["joint_s0"]["seed"] == 0
+  page = (out / "jepa_ehr.md").read_text()
+  assert "| long_term_slope | 1.0y | 0.700 (1) | 0.700 (1) |" in page and "`curriculum_s0`" in page
