@@ -10,7 +10,8 @@ Every run is `configs/lm.py:tiny` (147,776 params) for 150 steps of 8 x 64 token
       the L1 proximal baseline (`regularizer.backslash.nu=1`) whose λ matches the average shrink λν̂/N of the 4x run;
   (3) DeepShape on the BackSlash 4x model, then a 15-step (10%) recovery fine-tune;
   (4) weight formats bf16 / RF8 / E4M3 / E5M2 on the λ = 0 model and on the BackSlash 4x + DeepShape model.
-Parts run in this order, each at every seed before the next part starts.
+A worker runs its seeds part by part in priority order: (1), the 4x BackSlash run and its L1 baseline, (3), (4), then
+the other λ multiples.
 A unit's numbers go into <out>/gg_prior_data.json as soon as it finishes (with --commit also into git); a rerun
 skips finished units. Units never run are listed on the page with the reason.
 """
@@ -36,6 +37,7 @@ BASE_INIT = "gg_nu2"  # the Gaussian model that BackSlash, DeepShape and the for
 LAM_MULTIPLES = (0.25, 1, 4)
 L1_MATCHES = 4  # the L1 baseline matches the average shrink of this BackSlash multiple
 FORMATS = ("bf16", "rf8", "e4m3", "e5m2")
+FORMAT_PRIORITY = ("rf8", "bf16", "e4m3", "e5m2")  # the paper's claim first
 DEEPSHAPE_SOURCE = "backslash_x4"
 QUANT_MODELS = {"baseline": BASE_INIT, "backslash_deepshape": "deepshape_ft"}  # page name: run name
 SUMMARY_KEYS = ("eval_loss", "nu_hat", "beta_hat", "entropy_bits", "expgolomb_bits", "sparsity")
@@ -153,19 +155,28 @@ def run_init(r, seed):
     r.unit(f"init/{name}/s{seed}", lambda: r.train(name, seed, overrides))
 
 
-def run_backslash(r, seed):
-  lam = default_lam()
+def backslash_unit(r, seed, m):
+  """BackSlash at m x the default λ from the ν = 2 init; at m = L1_MATCHES also its matched L1 baseline."""
+  lam, name = default_lam(), f"backslash_x{m:g}"
   backslash = [*base_overrides(), "--config.regularizer.backslash.enabled=True"]
+  bs = r.unit(f"backslash/x{m:g}/s{seed}", lambda: {
+      **r.train(name, seed, [*backslash, f"--config.regularizer.backslash.lam={lam * m}"]),
+      "lam": lam * m, "mean_nu_hat_active": mean_active_nu(r.runs / f"{name}_s{seed}")})
+  if m == L1_MATCHES:
+    l1_lam = lam * m * bs["mean_nu_hat_active"]  # same average per-weight push λν̂/N, with ν̂ forced to 1
+    r.unit(f"l1/s{seed}", lambda: {**r.train("l1", seed, [*backslash, f"--config.regularizer.backslash.lam={l1_lam}",
+                                                          "--config.regularizer.backslash.nu=1.0"]),
+                                   "lam": l1_lam})
+
+
+def run_backslash_chain(r, seed):
+  """The multiple that DeepShape and the L1 baseline build on comes first."""
+  backslash_unit(r, seed, L1_MATCHES)
+
+
+def run_backslash_rest(r, seed):
   for m in LAM_MULTIPLES:
-    name = f"backslash_x{m:g}"
-    bs = r.unit(f"backslash/x{m:g}/s{seed}", lambda: {
-        **r.train(name, seed, [*backslash, f"--config.regularizer.backslash.lam={lam * m}"]),
-        "lam": lam * m, "mean_nu_hat_active": mean_active_nu(r.runs / f"{name}_s{seed}")})
-    if m == L1_MATCHES:
-      l1_lam = lam * m * bs["mean_nu_hat_active"]  # same average per-weight push λν̂/N, with ν̂ forced to 1
-      r.unit(f"l1/s{seed}", lambda: {**r.train("l1", seed, [*backslash, f"--config.regularizer.backslash.lam={l1_lam}",
-                                                            "--config.regularizer.backslash.nu=1.0"]),
-                                     "lam": l1_lam})
+    backslash_unit(r, seed, m)
 
 
 def run_deepshape(r, seed):
@@ -178,16 +189,18 @@ def run_deepshape(r, seed):
 
 
 def run_formats(r, seed):
-  for model, run_name in QUANT_MODELS.items():
-    source = r.runs / f"{run_name}_s{seed}"
-    for fmt in FORMATS:
+  for fmt in FORMAT_PRIORITY:
+    for model, run_name in QUANT_MODELS.items():
+      source = r.runs / f"{run_name}_s{seed}"
       out = r.runs / f"{source.name}_{fmt}"
       r.unit(f"quant/{model}/{fmt}/s{seed}", lambda: bf16_unit(source) if fmt == "bf16" else {
           k: v for k, v in r.transform("quantize", source, out, ["--format", fmt]).items()
           if k in ("relative_rmse", "source_eval_loss", "eval_loss", "eval_loss_change", "size_ratio")})
 
 
-PARTS = (run_init, run_backslash, run_deepshape, run_formats)  # part-major: a cut leaves whole parts at all seeds
+# In priority order (a worker runs its seeds part by part): what the DeepShape chain and the RF8 claim need first, the
+# remaining λ multiples last, so a cut for time drops the least informative units.
+PARTS = (run_init, run_backslash_chain, run_deepshape, run_formats, run_backslash_rest)
 
 
 def mean_active_nu(workdir):
