@@ -6,10 +6,14 @@ same shape, interleaved segments, median step times.
 """
 import argparse
 import json
-import time
+import pathlib
+import sys
 
 import jax
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_rounds  # noqa: E402
 
 from tessera.configs import ehr_jepa
 from tessera.data import ehr_cuts
@@ -40,16 +44,8 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=5, help="steps timed per round")
   args = parser.parse_args(argv)
   runs = {"sft+jepa": build(args.variant, 1.0), "sft_only": build(args.variant, 0.0)}
-  times = {name: [] for name in runs}
-  for _ in range(args.segments):
-    for name, run in runs.items():
-      with run["factory"].context():
-        began = time.perf_counter()
-        for _ in range(args.steps):
-          run["state"], metrics = run["step"](run["state"], run["batch"])
-        jax.block_until_ready(metrics)
-      times[name].append((time.perf_counter() - began) / args.steps)
-  median = {name: float(np.median(t)) for name, t in times.items()}
+  times = bench_rounds.interleaved(runs, args.segments, args.steps)
+  median = bench_rounds.medians(times)
   result = {"variant": args.variant, "step_seconds": median, "ratio": median["sft+jepa"] / median["sft_only"]}
   print(json.dumps(result))
 

@@ -9,10 +9,14 @@ The batch's surface forms follow the piece-count histogram of a sampled `:small`
 """
 import argparse
 import json
-import time
+import pathlib
+import sys
 
 import jax
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_rounds  # noqa: E402
 
 from tessera.configs import zett as zett_config
 from tessera.models import zett_buckets
@@ -64,16 +68,8 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=2, help="steps timed per round")
   args = parser.parse_args(argv)
   runs = {"bucketed": build(args.variant, True), "plain": build(args.variant, False)}
-  times = {name: [] for name in runs}
-  for _ in range(args.segments):
-    for name, run in runs.items():
-      with run["factory"].context():
-        began = time.perf_counter()
-        for _ in range(args.steps):
-          run["state"], metrics = run["step"](run["state"], run["batch"])
-        jax.block_until_ready(metrics)
-      times[name].append((time.perf_counter() - began) / args.steps)
-  median = {name: float(np.median(t)) for name, t in times.items()}
+  times = bench_rounds.interleaved(runs, args.segments, args.steps)
+  median = bench_rounds.medians(times)
   print(json.dumps({"variant": args.variant, "cpu": cpu_peak.cpu_model(),
                     "step_seconds": median, "ratio_bucketed_to_plain": median["bucketed"] / median["plain"],
                     "rounds": times}))
