@@ -17,7 +17,8 @@ train.steps // 20 (100 at 2000 steps), cosine to 10%, clip 1.0. Loss (§5 projec
 1.0 capacity at M = 16 (§9), normalised by t + 1.
 `base` trains the §9 decoder with CE on the `synthetic_recall` pipeline (data/synthetic_recall.py: recall and copy
 tasks in corpus-text filler, a third plain corpus text; bytes + task symbols = 512 ids), the loss on the task rows'
-answers only (data.recall.filler_loss=False: as §9's random filler; the corpus-text rows train every token).
+answers only (data.recall.filler_loss=False: as §9's random filler; the corpus-text rows train every token), the
+answers weighted 8x (data.recall.answer_weight: unweighted, the base sat on the recall plateau at CPU scale).
 """
 import json
 import pathlib
@@ -57,11 +58,12 @@ def build(arg="small"):
   c.train.update(dict(batch_size=batch, seq_len=seq_len, steps=steps))
   c.eval.every_steps = max(steps // 4, 1)
   c.data.name = "synthetic_recall"
+  base = arg == "base"
   c.data.recall = ml_collections.ConfigDict(dict(pairs=4, queries=4, span=8, text_fraction=1 / 3,
-                                                 filler_loss=arg != "base"))
+                                                 filler_loss=not base, answer_weight=8.0 if base else 1.0))
   c.sample.prompt = "<k3><v7> some filler text <k9><v1> more filler <q><k3>"
   c.sample.max_new_tokens = 8
-  if arg == "base":
+  if base:
     return c
   add_model_keys(c, gate_hidden)
   add_loss_keys(c)

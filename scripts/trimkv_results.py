@@ -11,7 +11,8 @@ it finishes, never redone (the gate seeds run concurrently, then the evaluations
   eval_base       scripts/eval_kv on the base: full cache, sink_window (StreamingLLM, 4 sinks), window, h2o
   gates_s{0,1,2}  scripts/train --config configs/trimkv.py:small --config.init.workdir=<base> --config.seed=s
                   (--gate-steps x batch 16, M = 16, buffer 8): three gate seeds on the one shared base, distilling
-                  on every position of every row (data.recall.filler_loss=True: §5's "all non-padding positions")
+                  on every position of every row, unweighted (filler_loss=True, answer_weight=1: §5's "all non-padding
+                  positions")
   eval_s{0,1,2}   scripts/eval_kv on each gate run: trimkv and random (seeded by s)
 Then renders docs/results/trimkv.md (mean ± sample std over the 3 gate seeds, ddof=1; the deterministic baselines
 share one base, so they have one value), trimkv_accuracy.png (recall / copy accuracy and KL vs M per policy),
@@ -133,7 +134,7 @@ def main(argv=None):
                               f"--config.train.steps={args.gate_steps}", "--config.train.batch_size=16",
                               f"--config.eval.every_steps={args.gate_steps}",
                               f"--config.checkpoint.every_steps={max(args.gate_steps // 3, 1)}",
-                              "--config.data.recall.filler_loss=True", *common],
+                              "--config.data.recall.filler_loss=True", "--config.data.recall.answer_weight=1.0", *common],
               (lambda w: lambda: {"metrics": train_metrics(w)})(gates[s])) for s in SEEDS], data, commit)
   run_units([(f"eval_s{s}", [*eval_cmd, "--workdir", gates[s], "--policies", "trimkv,random", "--seed", str(s),
                              "--out", study / f"eval_s{s}.json"], reader(study / f"eval_s{s}.json")) for s in SEEDS],
@@ -203,7 +204,8 @@ def render(data):
   if setup:
     lines += [f"Setup (scaled from §9 for {setup['cpu']}): a 4-layer decoder (d 128, 4 query / 2 KV heads) trained "
               f"with CE on `synthetic_recall` (recall of 4 key/value pairs with 4 queries, copy of an 8-token span, "
-              f"in corpus-text filler, loss on the task answers; a third plain corpus text, loss on every token) "
+              f"in corpus-text filler, loss on the task answers weighted 8x; a third plain corpus text, loss on every "
+              f"token) "
               f"for {setup['base_steps']} steps x batch 16 at "
               f"seq_len {setup['seq_len']}; then retention gates (variant rg, mul_logit) on the frozen base for "
               f"{setup['gate_steps']} steps x batch {setup['gate_batch']} at M = {setup['memory_size']} (distilling on "

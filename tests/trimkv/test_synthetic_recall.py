@@ -84,3 +84,12 @@ def test_filler_loss_off_trains_task_rows_on_their_answers_only():
       assert batch["loss_mask"][row].sum() >= 120
     else:
       np.testing.assert_array_equal(batch["loss_mask"][row], e.answer_mask.astype(np.float32))
+
+
+def test_answer_weight_scales_the_answers_loss_weight():
+  data = pipeline(filler_loss=False, answer_weight=8.0)
+  batch = next(data.train_batches(0, slice(None)))
+  for row in range(8):
+    e = data.example("train", row)
+    if e.task != "text":
+      np.testing.assert_array_equal(batch["loss_mask"][row], 8.0 * e.answer_mask)
