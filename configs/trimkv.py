@@ -18,7 +18,8 @@ train.steps // 20 (100 at 2000 steps), cosine to 10%, clip 1.0. Loss (§5 projec
 `base` trains the §9 decoder with CE on the `synthetic_recall` pipeline (data/synthetic_recall.py: recall and copy
 tasks in corpus-text filler, a third plain corpus text; bytes + task symbols = 512 ids), the loss on the task rows'
 answers only (data.recall.filler_loss=False: as §9's random filler; the corpus-text rows train every token), the
-answers weighted 8x (data.recall.answer_weight: unweighted, the base sat on the recall plateau at CPU scale).
+answers weighted 8x, 32 key and 32 value symbols, lr 5e-3 (with 96 / 155 symbols, unweighted answers or lr 3e-3
+the base sat on the recall plateau, answer CE = log(#values), for 400-600 steps at CPU scale: measured).
 """
 import json
 import pathlib
@@ -59,11 +60,12 @@ def build(arg="small"):
   c.eval.every_steps = max(steps // 4, 1)
   c.data.name = "synthetic_recall"
   base = arg == "base"
-  c.data.recall = ml_collections.ConfigDict(dict(pairs=4, queries=4, span=8, text_fraction=1 / 3,
+  c.data.recall = ml_collections.ConfigDict(dict(pairs=4, queries=4, span=8, text_fraction=1 / 3, keys=32, values=32,
                                                  filler_loss=not base, answer_weight=8.0 if base else 1.0))
   c.sample.prompt = "<k3><v7> some filler text <k9><v1> more filler <q><k3>"
   c.sample.max_new_tokens = 8
   if base:
+    c.optim.lr = 5e-3
     return c
   add_model_keys(c, gate_hidden)
   add_loss_keys(c)

@@ -15,7 +15,8 @@ noise that carries no loss signal; here the text rows still train the LM on corp
 ~3% of the tokens otherwise, are not drowned by filler text: a project choice so the base learns the tasks at
 CPU scale). `data.recall.answer_weight` (default 1) is the loss weight (loss_mask value) of the task answers:
 with the answers ~9% of the loss next to the corpus-text rows, a base at CPU scale sits on the recall plateau
-(answer CE = log 155 after 600 steps, measured); the base config weights them 8x.
+(answer CE = log 155 after 600 steps, measured); the base config weights them 8x. `data.recall.keys` / `values`: how many of the key / value symbols the tasks
+draw from (all by default; the §9 study uses 32 each, since rarely seen symbols slowed the base's recall).
 The tokenizer is bytes plus the task symbols, 512 ids (§9's vocabulary), so text prompts encode and symbols
 are written as tags: `scripts/sample --prompt "<span><v3><v9></span> some text <copy>"`.
 """
@@ -36,7 +37,8 @@ SYMBOLS = ("q", "copy", "span", "/span") + tuple(f"k{i}" for i in range(NUM_KEYS
 FIRST_SYMBOL = byte_tokenizer.EOS_ID + 1
 _SYMBOL_IDS = {name: FIRST_SYMBOL + i for i, name in enumerate(SYMBOLS)}
 TASKS = ("text", "recall", "copy")
-DEFAULTS = dict(pairs=4, queries=3, span=8, text_fraction=1 / 3, filler_loss=True, answer_weight=1.0)
+DEFAULTS = dict(pairs=4, queries=3, span=8, text_fraction=1 / 3, filler_loss=True, answer_weight=1.0,
+                keys=NUM_KEYS, values=NUM_VALUES)
 _SPLITS = {"train": 0, "eval": 1}
 
 
@@ -83,11 +85,12 @@ def _options(cfg_data):
   for key in ("pairs", "queries", "span"):
     if not isinstance(opts[key], int) or opts[key] < 1:
       raise ValueError(f"config key 'data.recall.{key}': must be an int >= 1, got {opts[key]!r}")
-  if opts["queries"] > opts["pairs"] or opts["pairs"] > NUM_KEYS:
+  for key, most in (("keys", NUM_KEYS), ("values", NUM_VALUES)):
+    if not isinstance(opts[key], int) or not 1 <= opts[key] <= most:
+      raise ValueError(f"config key 'data.recall.{key}': the symbols used, an int in [1, {most}], got {opts[key]!r}")
+  if opts["queries"] > opts["pairs"] or opts["pairs"] > opts["keys"]:
     raise ValueError(f"config key 'data.recall.queries': queries ({opts['queries']}) must be <= pairs "
-                     f"({opts['pairs']}) <= {NUM_KEYS} keys")
-  if opts["span"] > NUM_VALUES:
-    raise ValueError(f"config key 'data.recall.span': at most {NUM_VALUES} values, got {opts['span']}")
+                     f"({opts['pairs']}) <= keys ({opts['keys']})")
   if not (isinstance(opts["answer_weight"], (int, float)) and 0 < opts["answer_weight"] < float("inf")):
     raise ValueError(f"config key 'data.recall.answer_weight': must be a number > 0, got {opts['answer_weight']!r}")
   if not isinstance(opts["filler_loss"], bool):
@@ -148,8 +151,8 @@ class SyntheticRecallPipeline:
 
   def _recall(self, rng, tokens, answer, needed):
     o, tok = self.options, self.tokenizer
-    keys = rng.choice(NUM_KEYS, o["pairs"], replace=False)
-    values = rng.integers(NUM_VALUES, size=o["pairs"])
+    keys = rng.choice(o["keys"], o["pairs"], replace=False)
+    values = rng.integers(o["values"], size=o["pairs"])
     end = len(tokens) - 3 * o["queries"]
     slots = np.sort(rng.choice((end - 2) // 2, o["pairs"], replace=False)) * 2 + 1
     for key, value, at in zip(keys, values, slots):
@@ -162,7 +165,7 @@ class SyntheticRecallPipeline:
 
   def _copy(self, rng, tokens, answer, needed):
     n, tok = self.options["span"], self.tokenizer
-    span = [tok.id(f"v{v}") for v in rng.integers(NUM_VALUES, size=n)]
+    span = [tok.id(f"v{v}") for v in rng.integers(self.options["values"], size=n)]
     end = len(tokens) - n - 1
     at = int(rng.integers(1, end // 2 - n - 1))
     tokens[at:at + n + 2] = [tok.id("span"), *span, tok.id("/span")]
