@@ -82,6 +82,11 @@ def main_section(units):
       cells = [fmt([v for u in groups[o] if (v := auroc_of(u, task, node)) is not None]) for o in objectives]
       cells.append(fmt([v for u in last_value[:1] if (v := auroc_of(u, task, node, "last_value")) is not None]))
       lines.append(f"| {task} | {node} | " + " | ".join(cells) + " |")
+  other = sorted({(r["task"], r["node"], r["protocol"]) for u in units.values() for r in u["results"]
+                  if r["protocol"] != "train/tuning/held_out"})
+  if other:
+    lines += ["", "Cells probed by another protocol (a split held fewer than 2 of a class): " + "; ".join(
+        f"{t} {n}: {p}, all subjects" for t, n, p in other) + "."]
   return objectives, lines
 
 
@@ -139,8 +144,8 @@ def ablation_section(data):
     death = auroc_of(unit, "death_1y")
     lines.append(f"| {description} | " + " | ".join(cells) + (f" | {death:.3f} |" if death is not None else " | – |"))
   missing = [p for p in plan if p["unit"] not in units]
-  not_run = [f"- `{p['unit']}` ({p['description']}, {p['group']}): not run — the study's CPU time ran out before it "
-             "(scripts/ehr_study.py --commit resumes here)" for p in missing]
+  not_run = [f"- `{p['unit']}` ({p['description']}, {p['group']}): not run yet — the study's CPU time ran out before "
+             "it (`scripts/ehr_study.py --commit` resumes here)" for p in missing]
   return lines, not_run
 
 

@@ -69,7 +69,7 @@ class Study:
     self.data = json.loads(self.path.read_text()) if self.path.exists() else {"units": {}}
     self.data["plan"] = [{"unit": u, "group": g, "description": d, "variant": v, "overrides": o}
                          for u, g, d, v, o in plan(a.steps)]
-    self.data["setup"] = {"cpu": ehr_results.cpu_name(), "threads": "1 (XLA single-threaded, nice 10)",
+    self.data["setup"] = {"cpu": ehr_results.cpu_name(), "threads": "one thread per run (XLA single-threaded, nice 10, on a machine shared with other jobs)",
                           "synthetic_subjects": SYNTH_SUBJECTS, "steps": a.steps}
     self.env = {**os.environ, "XLA_FLAGS": SINGLE_THREAD, "TF_CPP_MIN_LOG_LEVEL": "2",
                 "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache")}
