@@ -12,6 +12,7 @@ as not run, with the measured cost that kept them out.
 """
 import argparse
 import json
+import os
 import pathlib
 import resource
 import subprocess
@@ -146,7 +147,7 @@ def main():
   if not a.render_only:
     data["setup"] = {"steps": a.steps, "seeds": a.seeds, "planned_rows": rows,
                      "cpu": "2 cores of an Intel Xeon (Sapphire Rapids class), shared with other jobs",
-                     "xla_flags": __import__("os").environ.get("XLA_FLAGS", "")}
+                     "xla_flags": os.environ.get("XLA_FLAGS", "")}
     seeds = range(a.seeds) if a.seed is None else [a.seed]
     for seed in seeds:  # seed-major: every row gets seed 0 before any row gets seed 1
       for row in rows:
