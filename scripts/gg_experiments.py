@@ -40,6 +40,7 @@ FORMATS = ("bf16", "rf8", "e4m3", "e5m2")
 FORMAT_PRIORITY = ("rf8", "bf16", "e4m3", "e5m2")  # the paper's claim first
 DEEPSHAPE_SOURCE = "backslash_x4"
 QUANT_MODELS = {"baseline": BASE_INIT, "backslash_deepshape": "deepshape_ft"}  # page name: run name
+T_CRITICAL_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78}  # two-sided Student t, by degrees of freedom
 SUMMARY_KEYS = ("eval_loss", "nu_hat", "beta_hat", "entropy_bits", "expgolomb_bits", "sparsity")
 
 
@@ -278,8 +279,11 @@ def init_section(data, out):
     if len(delta) > 1:
       m, s, n = mean_std(delta)
       t = m / (s / np.sqrt(n)) if s > 0 else float("inf")
+      critical = T_CRITICAL_95.get(n - 1, 2.0)
+      verdict = "significant" if abs(t) > critical else "not significant"
       lines.append(f"- ν = {INITS[name]:g} ends {abs(m):.4f} nats {'below' if m < 0 else 'above'} ν = 2 (paired over "
-                   f"{n} seeds, std {s:.4f}, t = {t:.1f}; lower in {sum(d < 0 for d in delta)} of {n} seeds).")
+                   f"{n} seeds, std {s:.4f}, t = {t:.1f}: {verdict} at 95% (|t| > {critical:.2f} needed); lower in "
+                   f"{sum(d < 0 for d in delta)} of {n} seeds).")
   lines.append("")
   plot_init(data, names, out)
   return lines
@@ -342,11 +346,30 @@ def rate_section(data, out):
                  f"{fmt([stat(u, 'sparsity') for u in units], 4)} | {fmt([stat(u, 'entropy_bits') for u in units], 2)} | "
                  f"{fmt([stat(u, 'expgolomb_bits') for u in units], 2)} | "
                  f"{fmt([32 / stat(u, 'expgolomb_bits') for u in units], 2)}× |")
-  l1 = seeds_of(data, "l1")
-  if l1:
-    lines += ["", "L1 λ used: " + ", ".join(f"seed {s}: {u['lam']:.3f}" for s, u in sorted(l1.items())) + "."]
+  lines += [""] + rate_findings(data)
   lines.append("")
   plot_rate(data, out)
+  return lines
+
+
+def rate_findings(data):
+  """Bullets computed from the units: each BackSlash multiple against λ = 0 and the L1 baseline against BackSlash."""
+  lines, base = [], f"init/{BASE_INIT}"
+  for m in LAM_MULTIPLES:
+    prefix = f"backslash/x{m:g}"
+    loss, bits = paired(data, prefix, base), paired(data, prefix, base, "expgolomb_bits")
+    if loss:
+      lines.append(f"- BackSlash {m:g}×: eval loss {fmt(loss, 4)} nats and Exp-Golomb {fmt(bits, 3)} bits/param vs "
+                   f"λ = 0 (paired, n = {len(loss)}).")
+  l1, bs = seeds_of(data, "l1"), seeds_of(data, f"backslash/x{L1_MATCHES}")
+  if l1:
+    nu = [bs[s]["mean_nu_hat_active"] for s in sorted(l1)]
+    loss, bits = paired(data, "l1", f"backslash/x{L1_MATCHES}"), paired(data, "l1", f"backslash/x{L1_MATCHES}",
+                                                                         "expgolomb_bits")
+    lines.append(f"- L1 vs BackSlash {L1_MATCHES}×: eval loss {fmt(loss, 4)} nats, Exp-Golomb {fmt(bits, 3)} bits/param "
+                 f"(paired). The pooled ν̂ that BackSlash used averaged {fmt(nu, 3)} over its active steps (pool = all "
+                 "mixes the matrices with the norm gains), so its step is close to the L1 step here; L1 λ used: "
+                 + ", ".join(f"seed {s}: {u['lam']:.3f}" for s, u in sorted(l1.items())) + ".")
   return lines
 
 
@@ -390,6 +413,12 @@ def deepshape_section(data):
   lines.append(f"| eval loss | {fmt([u['source_eval_loss'] for u in units], 4)} | "
                f"{fmt([u['eval_loss'] for u in units], 4)} | "
                f"{fmt([u['eval_loss'] for u in ft.values()], 4) if ft else 'not run'} |")
+  pairs = [(u["source_eval_loss"], u["eval_loss"], ft[s]["eval_loss"]) for s, u in sorted(ds.items()) if s in ft]
+  if pairs:
+    cost = [b - a for a, b, _ in pairs]
+    kept = [c - a for a, _, c in pairs]
+    lines += ["", f"The remap costs {fmt(cost, 4)} nats of eval loss; after the fine-tune {fmt(kept, 4)} nats remain "
+              f"(paired, n = {len(pairs)})."]
   info = [u["deepshape"] for u in units]
   lines += ["", f"In-range weights (the remap's own estimate): ν̂ {fmt([i['nu'] for i in info], 2)} → target "
             f"{fmt([i['nu_target'] for i in info], 2)}, β̂ {fmt([i['beta'] for i in info], 4)} → target "
