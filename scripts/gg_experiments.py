@@ -378,12 +378,13 @@ def plot_rate(data, out):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for label, prefix in rate_rows(data):
+  for i, (label, prefix) in enumerate(rate_rows(data)):
     units = list(seeds_of(data, prefix).values())
     bits = [stat(u, "expgolomb_bits") for u in units]
     loss = [u["eval_loss"] for u in units]
     bx, by = mean_std(bits), mean_std(loss)
-    ax.errorbar(bx[0], by[0], xerr=0 if bx[2] < 2 else bx[1], yerr=0 if by[2] < 2 else by[1], marker="o", capsize=3,
+    ax.errorbar(bx[0], by[0], xerr=0 if bx[2] < 2 else bx[1], yerr=0 if by[2] < 2 else by[1], capsize=3,
+                marker="osD^vPX*"[i % 8], ms=9 - i, mfc="none" if i % 2 else None,  # coinciding points stay visible
                 label=f"{label} ({len(units)} seeds)")
   ax.set(xlabel="Exp-Golomb bits/param (2^-13 grid), mean ± std", ylabel="eval loss (nats/token), mean ± std",
          title="Rate vs distortion (configs/lm.py:tiny, 150 steps)")
