@@ -50,11 +50,13 @@ def mean_std(values):
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan"), len(values)
 
 
+def pm(m, s, n, sign=""):
+  """mean ± sample std (n), the std left out for one value."""
+  return f"{m:{sign}.3f} ± {s:.3f} ({n})" if n > 1 else f"{m:{sign}.3f} (1)"
+
+
 def fmt(values):
-  if not len(values):
-    return "–"
-  m, s, n = mean_std(values)
-  return f"{m:.3f} ± {s:.3f} ({n})" if n > 1 else f"{m:.3f} (1)"
+  return pm(*mean_std(values)) if len(values) else "–"
 
 
 def auroc_of(unit, task, node=None, encoder="online"):
@@ -103,8 +105,8 @@ def check8(units):
         means[(objective, task)] = mean_std(values)
   any_unit = next(iter(units.values()))
   base_slope = auroc_of(any_unit, "long_term_slope", encoder="last_value")
-  lines.append("Mean AUROC over nodes (mean ± std over seeds): " + "; ".join(
-      f"{o} {t} {m:.3f} ± {s:.3f} ({n})" for (o, t), (m, s, n) in means.items()) +
+  lines.append("Mean AUROC over nodes (mean ± std over seeds, number of seeds): " + "; ".join(
+      f"{o} {t} {pm(*v)}" for (o, t), v in means.items()) +
       (f"; last LAB//A value long_term_slope {base_slope:.3f}" if base_slope is not None else "") + ".")
   for objective in ORDER[1:]:
     if (objective, "long_term_slope") not in means:
@@ -117,9 +119,8 @@ def check8(units):
     above = means[(objective, "long_term_slope")][0] > base_slope and \
         means[("sft_only", "long_term_slope")][0] > base_slope if base_slope is not None else False
     holds = slope[0] >= MARGIN_SLOPE and short[0] >= MARGIN_SHORT and above
-    lines.append(f"- **{objective} − sft_only** (paired by seed, {slope[2]} seed(s)): long_term_slope "
-                 f"{slope[0]:+.3f} ± {slope[1]:.3f} (asks ≥ +0.03), short_term {short[0]:+.3f} ± {short[1]:.3f} "
-                 f"(asks ≥ −0.01), both above the last-value probe on the slope task: {'yes' if above else 'no'} → "
+    lines.append(f"- **{objective} − sft_only** (paired by seed): long_term_slope {pm(*slope, sign='+')} "
+                 f"(asks ≥ +0.03), short_term {pm(*short, sign='+')} (asks ≥ −0.01), both above the last-value probe on the slope task: {'yes' if above else 'no'} → "
                  + ("**the claim holds here**" if holds else "**the claim is not reproduced here**") +
                  ("" if slope[2] >= 3 or objective != "sft+jepa_joint" else " (fewer than 3 seeds so far)"))
   return lines
