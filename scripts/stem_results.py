@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -294,6 +295,15 @@ def findings(data, run_rows, tokens):
     out.append(f"- {data['rows'][row]['label']}: final eval loss {verdict} dense by {abs(m):.4f} nats"
                + (f" (paired std {s:.4f}, n={n}); lower than dense in {lower} of {n} seeds." if n > 1 else
                   " (one seed: no spread measured)."))
+  for row in run_rows:
+    by_seed = {u["seed"]: u for u in units_of(data, row)}
+    base = {u["seed"]: u for u in units_of(data, "dense")}
+    seeds = [s for s in by_seed if s in base] if row != "dense" else []
+    if len(seeds) > 1:
+      steps = sorted(int(k) for k in by_seed[seeds[0]]["eval_loss"])
+      diffs = [fmt([by_seed[s]["eval_loss"][str(t)] - base[s]["eval_loss"][str(t)] for s in seeds], 3) for t in steps]
+      out.append(f"- {data['rows'][row]['label']} minus dense along training (paired, steps "
+                 f"{', '.join(map(str, steps))}): " + "; ".join(diffs) + " nats.")
   jumps = [u["max_loss_jump_after_warmup"] for u in data["units"].values()]
   out.append(f"- Loss spikes (spec check 9: the largest step-to-step train-loss increase after warmup < 0.5 nats): "
              f"largest over all runs {max(jumps):+.3f} nats; "
@@ -314,11 +324,9 @@ def grad_norm_section(data, run_rows):
     return lines + ["(no STEM row run)", ""]
   steps = sorted(units_of(data, rows_with_tables[0])[0]["grad_norm"]["default"], key=int)
   lines += ["| row | group | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|---|" + "---|" * len(steps)]
-  for row in run_rows:
+  for row in rows_with_tables:  # a dense run has one group: its norm is the total, logged as train/grad_norm
     units = units_of(data, row)
     for group, name in (("default", "backbone"), ("group0", "tables")):
-      if not data["rows"][row]["stem_layers"] and group == "group0":
-        continue
       vals = [np.mean([u["grad_norm"][group][s] for u in units]) for s in steps]
       lines.append(f"| {data['rows'][row]['label']} | {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
   return lines + [""]
@@ -330,8 +338,9 @@ def edit_section(data):
     return ["## Knowledge editing", "", "Not run (the STEM 1/2 seed-0 run is missing).", ""]
   before, after = e["logprob_of_unedited_next_token"]
   same = "unchanged" if e["before"] == e["after"] else "changed"
-  return ["## Knowledge editing on the small model", "", "```", e["command"].replace("scripts/edit_knowledge.py",
-          "scripts/edit_knowledge").replace(" --json", ""), "```", "",
+  command = shlex.join(["scripts/edit_knowledge", "--workdir", e["command"].split("--workdir ")[1].split()[0],
+                        "--prompt", EDIT["prompt"], "--swap", EDIT["swap"], "--max-new-tokens", "30"])
+  return ["## Knowledge editing on the small model", "", "```", command, "```", "",
           f"mode {e['mode']} ({e['source_tokens']} source tokens, {e['target_tokens']} target tokens); greedy "
           f"continuation {same} by the edit: before {e['before']!r}, after {e['after']!r}; largest next-token "
           f"log-prob change {e['max_abs_logprob_change_next_token']:.4f} nats; the unedited next token "
