@@ -235,9 +235,6 @@ def main():
   render(r.data, ROOT / a.out)
 
 
-if __name__ == "__main__":
-  main()
-
 
 # ---- the page, from the data file alone ----
 
@@ -519,3 +516,7 @@ def render(data, out):
   lines += not_run_section(data)
   (out / "gg_prior.md").write_text("\n".join(lines))
   print(f"wrote {out / 'gg_prior.md'} and its plots")
+
+
+if __name__ == "__main__":
+  main()
