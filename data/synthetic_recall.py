@@ -130,9 +130,10 @@ class SyntheticRecallPipeline:
 
   # --- rows ---
 
-  def example(self, split, index, task=None):
-    """Row `index` of `split` ("train" | "eval"), deterministic in (seed, split, index); `task` forces one."""
-    rng = np.random.default_rng((self.seed, _SPLITS[split], index))
+  def example(self, split, index, task=None, seed=None):
+    """Row `index` of `split` ("train" | "eval"), deterministic in (seed, split, index); `task` forces one;
+    `seed` overrides the pipeline's (held-out rows shared by runs of different seeds)."""
+    rng = np.random.default_rng((self.seed if seed is None else seed, _SPLITS[split], index))
     draw = rng.random()
     if task is None:
       rest = (1 - self.options["text_fraction"]) / 2
@@ -173,8 +174,8 @@ class SyntheticRecallPipeline:
     tokens[end:] = [tok.id("copy"), *span]
     answer[end + 1:] = True
 
-  def _fields(self, split, indices, task=None):
-    examples = [self.example(split, int(i), task) for i in indices]
+  def _fields(self, split, indices, task=None, seed=None):
+    examples = [self.example(split, int(i), task, seed) for i in indices]
     return self.fields(examples), examples
 
   def fields(self, examples):
@@ -205,9 +206,9 @@ class SyntheticRecallPipeline:
     local = global_order.local_rows(self.global_batch_size, rows)
     return [self._fields("eval", k * self.global_batch_size + local)[0] for k in range(num_batches)]
 
-  def examples(self, task, count, split="eval"):
+  def examples(self, task, count, split="eval", seed=None):
     """(fields [count, L], answer_mask [count, L], needed [count, L]) of `count` rows of one task."""
-    fields, examples = self._fields(split, range(count), task)
+    fields, examples = self._fields(split, range(count), task, seed)
     return fields, np.stack([e.answer_mask for e in examples]), np.stack([e.needed for e in examples])
 
   def unigram_entropy_nats(self):

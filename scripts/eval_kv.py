@@ -41,6 +41,7 @@ def parse_args(argv):
                  "where the model has retention gates)")
   p.add_argument("--sequences", type=int, default=64, help="held-out rows per task (default: %(default)s)")
   p.add_argument("--seed", type=int, default=0, help="the random policy's seed (default: %(default)s)")
+  p.add_argument("--data-seed", type=int, default=0, help="seed of the held-out rows (default: %(default)s)")
   p.add_argument("--out", help="JSON output (default <workdir>/eval_kv.json)")
   return p.parse_args(argv)
 
@@ -60,9 +61,10 @@ def policy(name, budget, seed):
                          seed=seed)
 
 
-def _rows(pipeline, sequences):
-  """One batch of held-out rows: recall, copy and text (in that order) with their per-task masks."""
-  parts = [pipeline.examples(task, sequences) for task in TASKS]
+def _rows(pipeline, sequences, data_seed):
+  """One batch of held-out rows: recall, copy and text (in that order) with their per-task masks; drawn with
+  `data_seed` (not the run's seed), so runs of different seeds are scored on the same rows."""
+  parts = [pipeline.examples(task, sequences, seed=data_seed) for task in TASKS]
   fields = {k: np.concatenate([f[k] for f, _, _ in parts]) for k in parts[0][0]}
   answers = np.concatenate([a for _, a, _ in parts])
   needed = np.concatenate([n for _, _, n in parts])
@@ -106,8 +108,8 @@ def gate_diagnostics(model, fields, needed, task):
           "sample_log_beta_LxKxT": log_beta_LxBxKxT[:, 0].round(4).tolist()}
 
 
-def evaluate(model, pipeline, budgets, names, sequences, seed, log=print):
-  fields, answers, needed, task = _rows(pipeline, sequences)
+def evaluate(model, pipeline, budgets, names, sequences, seed, log=print, data_seed=0):
+  fields, answers, needed, task = _rows(pipeline, sequences, data_seed)
   tokens = jnp.asarray(fields["inputs"])
   full = np.asarray(generate.stream_logits(model, tokens, kv_cache.Policy()))
   result = {"sequences": sequences, "budgets": budgets, "sinks": SINKS, "full": _scores(full, None, fields, answers,
@@ -157,8 +159,8 @@ def run(args):
       except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     result = evaluate(model, pipeline, budgets, names, args.sequences, args.seed,
-                      log=lambda s: print(s, file=sys.stderr, flush=True))
-  result.update(workdir=str(workdir), step=step, seed=args.seed,
+                      log=lambda s: print(s, file=sys.stderr, flush=True), data_seed=args.data_seed)
+  result.update(workdir=str(workdir), step=step, seed=args.seed, data_seed=args.data_seed,
                 cpu_seconds=round(time.process_time() - start, 1))
   out = pathlib.Path(args.out) if args.out else workdir / "eval_kv.json"
   workdir_lib.write_json(out, result)
