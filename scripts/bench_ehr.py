@@ -9,7 +9,6 @@ import json
 import pathlib
 import sys
 
-import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -19,7 +18,6 @@ from tessera.configs import ehr_jepa
 from tessera.data import ehr_cuts
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import state as state_lib
-from tessera.trainer import step as step_lib
 
 
 def build(variant, weight, seed=0):
@@ -30,11 +28,7 @@ def build(variant, weight, seed=0):
   rng = np.random.default_rng(seed)
   tokens = rng.integers(4, 119, (c.train.batch_size, c.train.seq_len)).astype(np.int32)
   batch = ehr_cuts.row_fields([(t, c.data.ctx_len - 1, c.train.seq_len - 1) for t in tokens], 0, c.data.fut_len)
-  with factory.context():
-    state, step = factory.init(0), step_lib.make_train_step(factory)
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-  return {"factory": factory, "step": step, "state": state, "batch": batch}
+  return bench_rounds.compiled(factory, batch)
 
 
 def main(argv=None):

@@ -22,3 +22,13 @@ def interleaved(runs, segments, steps):
 
 def medians(times):
   return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def compiled(factory, batch):
+  """A run for `interleaved`: the state at step 0 and the train step, compiled by one call on `batch`."""
+  from tessera.trainer import step as step_lib
+  with factory.context():
+    state, step = factory.init(0), step_lib.make_train_step(factory)
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+  return {"factory": factory, "step": step, "state": state, "batch": batch}

@@ -12,7 +12,6 @@ import json
 import pathlib
 import sys
 
-import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -23,7 +22,6 @@ from tessera.models import zett_buckets
 from tessera.trainer import cpu_peak
 from tessera.trainer import mesh as mesh_lib
 from tessera.trainer import state as state_lib
-from tessera.trainer import step as step_lib
 
 HISTOGRAM = (1292, 568, 147, 23, 5, 3, 11)  # tokens with 1..7 pieces in a sampled n_total = 2048 vocabulary
 
@@ -50,15 +48,11 @@ def build(variant, bucketed):
   batch = batch_for(c)
   plain = lambda encode, pieces_NxL: encode(pieces_NxL)
   original = zett_buckets.encode_by_length
-  with factory.context():
-    zett_buckets.encode_by_length = original if bucketed else plain  # read while tracing the first call only
-    try:
-      state, step = factory.init(0), step_lib.make_train_step(factory)
-      state, metrics = step(state, batch)
-      jax.block_until_ready(metrics)
-    finally:
-      zett_buckets.encode_by_length = original
-  return {"factory": factory, "step": step, "state": state, "batch": batch}
+  zett_buckets.encode_by_length = original if bucketed else plain  # read while tracing the first call only
+  try:
+    return bench_rounds.compiled(factory, batch)
+  finally:
+    zett_buckets.encode_by_length = original
 
 
 def main(argv=None):
