@@ -49,9 +49,10 @@ def base_config():
   c.sharding = ml_collections.ConfigDict(dict(rules=[list(r) for r in DEFAULT_RULES]))
 
   # model.vocab_size=0: the data's tokenizer size padded to a multiple of 128 (byte tokenizer: 257 -> 384).
+  # model.mlp: "swiglu" (Llama, 3 matrices) or "gelu" (GPT-2 / nanodo, 2 matrices: same FLOPs at 1.5x the d_ff).
   c.model = ml_collections.ConfigDict(dict(
       name="decoder", vocab_size=0, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=0,
-      d_ff=512, rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True, dtype="float32",
+      d_ff=512, mlp="swiglu", rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True, dtype="float32",
       param_dtype="float32", remat="none", scan_layers=False, attention_impl="xla", init="normal",
       init_std=0.02,
       # Hugging Face architectures (docs/interop.md); the defaults are the plain decoder. qk_norm: Qwen3's per-head

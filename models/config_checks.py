@@ -12,6 +12,7 @@ ATTENTION = ("xla", "pallas", "cudnn", "auto")
 NUMBER_FORMATS = ("rf8", "e4m3", "e5m2")  # tessera.models.numerics.FORMATS
 FAN_MODES = ("reference", "fan_in")
 ROPE_SCALINGS = ("none", "linear", "llama3")  # tessera.models.layers.ROPE_SCALINGS
+MLPS = ("swiglu", "gelu")  # tessera.models.layers.MLPS
 
 
 def fail(key, message):
@@ -48,6 +49,8 @@ def check_decoder(config):
   for key in ("dtype", "param_dtype"):
     one_of(config, f"model.{key}", DTYPES)
   one_of(config, "model.remat", REMAT)
+  if "mlp" in m:  # configs saved before the key build SwiGLU
+    one_of(config, "model.mlp", MLPS)
   one_of(config, "model.attention_impl", ATTENTION)
   require(m.attention_impl != "cudnn", "model.attention_impl",
           "'cudnn' cannot mask packed documents (training batches carry segment ids; cuDNN attention takes none): "

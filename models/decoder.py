@@ -1,4 +1,5 @@
-"""Llama-style decoder LM (pre-norm RMSNorm, RoPE, grouped-query attention, SwiGLU), registered as "decoder".
+"""Llama-style decoder LM (pre-norm RMSNorm, RoPE, grouped-query attention, SwiGLU or `model.mlp="gelu"`), registered
+as "decoder".
 
 With `model.scan_layers` the blocks are built by `nnx.vmap` (params stacked on a leading "layers" axis) and run
 by `jax.lax.scan`: one block is compiled once, whatever the depth. Unrolled and scanned runs compute the same
@@ -11,7 +12,8 @@ from flax import nnx
 
 from tessera.models import registry
 from tessera.models.attention import Attention, head_dim
-from tessera.models.layers import RMSNorm, SwiGLU, param
+from tessera.models import layers
+from tessera.models.layers import RMSNorm, param
 
 # model.remat -> which activations a block keeps for the backward pass (None: no checkpoint at all).
 REMAT_POLICIES = {
@@ -24,11 +26,12 @@ REMAT_POLICIES = {
 class Block(nnx.Module):
   """x + attn(norm(x)), then x + mlp(norm(x)); the residual stream stays in the compute dtype (as in MaxText)."""
 
-  def __init__(self, cfg, rngs, make_mlp=SwiGLU):
+  def __init__(self, cfg, rngs, make_mlp=None):
+    """`make_mlp(cfg, rngs)` builds the FFN (default: the dense MLP `model.mlp` names)."""
     self.attn_norm = RMSNorm(cfg)
     self.attn = Attention(cfg, rngs)
     self.mlp_norm = RMSNorm(cfg)
-    self.mlp = make_mlp(cfg, rngs)
+    self.mlp = (make_mlp or layers.make_mlp)(cfg, rngs)
 
   def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args, cache=None, live_BxT=None):
     """`mlp_args` go to the FFN after its input (STEM's lookup ids); the dense SwiGLU takes none.
@@ -56,6 +59,7 @@ class Decoder(nnx.Module):
   def __init__(self, cfg, rngs):
     if cfg.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat: unknown policy {cfg.remat!r}; known: {sorted(REMAT_POLICIES)}")
+    layers.mlp_kind(cfg)  # an unknown model.mlp fails here, before any param is built
     if cfg.n_heads % cfg.n_kv_heads:
       raise ValueError(f"model.n_heads={cfg.n_heads} must be a multiple of model.n_kv_heads={cfg.n_kv_heads}")
     self.dtype = jnp.dtype(cfg.dtype)
@@ -152,9 +156,9 @@ def build(cfg, rngs: nnx.Rngs) -> Decoder:
 
 
 def _layer_matmul_params(cfg):
-  """Weights of one block's matmuls: q, k, v, o projections and the three SwiGLU matrices."""
+  """Weights of one block's matmuls: q, k, v, o projections and the MLP's matrices (3 SwiGLU, 2 GELU)."""
   attn = cfg.d_model * head_dim(cfg) * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
-  return attn + 3 * cfg.d_model * cfg.d_ff
+  return attn + layers.MLPS[layers.mlp_kind(cfg)][1] * cfg.d_model * cfg.d_ff
 
 
 def param_count(cfg):

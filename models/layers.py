@@ -144,3 +144,35 @@ class SwiGLU(nnx.Module):
     gate_BxTxF = x_BxTxD @ self.gate[...].astype(self.dtype)
     up_BxTxF = x_BxTxD @ self.up[...].astype(self.dtype)
     return (jax.nn.silu(gate_BxTxF) * up_BxTxF) @ self.down[...].astype(self.dtype)
+
+
+class GeluMLP(nnx.Module):
+  """down(gelu(x @ up)) — the two-matrix GPT-2 / nanodo MLP (tanh approximation), so reference shapes can run at
+  exactly a plain trainer's math (`model.mlp="gelu"`)."""
+
+  def __init__(self, cfg, rngs):
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.up = param(cfg, rngs, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+    self.down = param(cfg, rngs, (cfg.d_ff, cfg.d_model), ("mlp", "embed"), residual_out=True)
+
+  def __call__(self, x_BxTxD):
+    x_BxTxD = x_BxTxD.astype(self.dtype)
+    up_BxTxF = x_BxTxD @ self.up[...].astype(self.dtype)
+    return jax.nn.gelu(up_BxTxF, approximate=True) @ self.down[...].astype(self.dtype)
+
+
+# model.mlp -> (the MLP module, its number of [D, F] matrices for FLOP and parameter accounting).
+MLPS = {"swiglu": (SwiGLU, 3), "gelu": (GeluMLP, 2)}
+
+
+def mlp_kind(cfg):
+  """`model.mlp`, read with a default so configs saved before the key build the same SwiGLU model."""
+  kind = cfg.get("mlp", "swiglu")
+  if kind not in MLPS:
+    raise ValueError(f"config key 'model.mlp': {kind!r} is not one of {list(MLPS)}")
+  return kind
+
+
+def make_mlp(cfg, rngs):
+  """The dense MLP that `model.mlp` names."""
+  return MLPS[mlp_kind(cfg)][0](cfg, rngs)
