@@ -3,7 +3,9 @@
 Default: the trainer's real loop vs a bare jitted loop over the same quickstart model, optimizer and batches,
 interleaved segments, repeated; reports the median step-time ratio `trainer_vs_bare_ratio` (goal >= 0.97),
 plus the quickstart model's mfu, tokens_per_second and compile_seconds.
---shapes a,b: tokens/s and CPU MFU of the reference shapes in fp32 and bf16 compute (fp32 params).
+--shapes a,b: the reference shapes at a plain trainer's math (model.mlp="gelu", tied, MHA): scripts/bench_plain.py's
+plain Flax/optax step beside tessera's real loop, fp32 and bf16 compute, alternating, --rounds rounds; JSON
+`shapes.<shape>.<policy>.vs_plain`, `shapes.<shape>.best.vs_plain`, achieved GFLOP/s and `peaks` (GFLOP/s) (issue 20).
 --stem: STEM vs dense step time at equal shape, dense AdamW vs the sparse-row table update (scripts/bench_stem.py).
 --frozen: gate-only (frozen backbone) vs full training: compiled FLOPs and step time (scripts/bench_frozen.py).
 """
@@ -18,9 +20,10 @@ import jax
 
 from tessera.trainer import cli, loop, step as step_lib
 
-SHAPES = {  # name: (d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch)
+SHAPES = {  # name: (d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch); d_ff of the GELU MLP (issue 20)
     "a": (256, 4, 4, 1024, 8192, 256, 16),
     "b": (512, 8, 8, 2048, 32000, 512, 8),
+    "tiny": (64, 2, 4, 256, 512, 64, 4),  # smoke test only
 }
 
 
@@ -106,27 +109,104 @@ def compile_time(run, cache):
     jax.config.update("jax_enable_compilation_cache", previous)
 
 
-def shapes(names, steps):
-  """Each reference shape: a plain Flax/optax fp32 step, then tessera's loop in fp32 and bf16 compute, one run."""
+POLICIES = ("float32", "bfloat16")  # model.dtype (compute); params stay fp32 on both sides
+
+
+SHAPE_CONFIG = "configs/lm.py:base"  # its data: a BPE of the embedded corpus at the shape's vocabulary (cached)
+
+
+def shape_overrides(name, policy):
+  """tessera's overrides of SHAPE_CONFIG for a reference shape at the plain step's math (GELU MLP, tied, MHA)."""
+  d, n_layers, heads, d_ff, vocab, seq_len, batch = SHAPES[name]
+  return {"model.d_model": d, "model.n_layers": n_layers, "model.n_heads": heads, "model.n_kv_heads": heads,
+          "model.d_ff": d_ff, "model.vocab_size": vocab, "model.mlp": "gelu", "model.tie_embeddings": True,
+          "model.dtype": policy, "model.remat": "none", "model.scan_layers": False, "data.bpe_vocab_size": vocab,
+          "train.seq_len": seq_len, "train.batch_size": batch, "eval.every_steps": 0,
+          "eval.batches": 1, "checkpoint.every_steps": 0, "checkpoint.every_seconds": 0.0,
+          "sample.max_new_tokens": 1}
+
+
+def peaks_gflops():
+  """The CPU's fp32 and bf16 (fp32 accumulation) 1024^3 matmul rates, measured now (best of 10)."""
+  from tessera.trainer import cpu_peak
+  return {dtype: cpu_peak.measure(dtype) / 1e9 for dtype in POLICIES}
+
+
+def rate(tokens_per_second, flops_per_token, peak):
+  gflops = tokens_per_second * flops_per_token / 1e9
+  return {"tokens_per_second": tokens_per_second, "gflops": gflops, "fp32_peak_fraction": gflops / peak}
+
+
+def shapes(names, steps, rounds, extra=None, profile_dir=None):
+  """Per shape: the plain step (scripts/bench_plain.py) and tessera's real loop, each precision policy, alternating
+  within every round (plain f32, tessera f32, plain bf16, tessera bf16), `rounds` rounds; medians of the rounds.
+
+  `vs_plain` is the median of the per-round ratios of tokens/s at one policy; `best.vs_plain` the median of the
+  per-round ratios of tessera's best policy to the plain step's best. `extra`: more tessera overrides (a lever).
+  """
   import bench_plain
-  out = {}
+  from tessera.models import decoder
+  peaks = peaks_gflops()
+  out = {"peaks": peaks, "shapes": {}}
   for name in names:
     d, n_layers, heads, d_ff, vocab, seq_len, batch = SHAPES[name]
-    model = {"model.d_model": d, "model.n_layers": n_layers, "model.n_heads": heads, "model.n_kv_heads": heads,
-             "model.d_ff": d_ff, "model.vocab_size": vocab, "train.seq_len": seq_len, "train.batch_size": batch}
-    plain_config, _ = cli.load_config("configs/lm.py:small", model)
-    plain_tps = batch * seq_len / bench_plain.step_seconds(plain_config.model, batch, seq_len, steps)
-    out[f"{name}_plain_flax_float32"] = {"tokens_per_second": plain_tps}
-    print(name, "plain flax float32", json.dumps(out[f"{name}_plain_flax_float32"]), file=sys.stderr)
-    for dtype in ("float32", "bfloat16"):
-      overrides = {**model, "model.dtype": dtype, "eval.every_steps": 0, "eval.batches": 1,
-                   "checkpoint.every_steps": 0, "checkpoint.every_seconds": 0.0, "sample.max_new_tokens": 1}
-      with tempfile.TemporaryDirectory() as tmp:
-        step_time, summary, _ = trainer_segment("configs/lm.py:small", overrides, tmp, steps + 2)
-      tps = batch * seq_len / step_time
-      out[f"{name}_{dtype}"] = {"tokens_per_second": tps, "vs_plain_flax_fp32": tps / plain_tps,
-                                "mfu": summary["mfu"]}
-      print(name, dtype, json.dumps(out[f"{name}_{dtype}"]), file=sys.stderr)
+    tokens = batch * seq_len
+    plain = {p: bench_plain.PlainTrainer(vocab, d, n_layers, heads, d_ff, seq_len, batch, p) for p in POLICIES}
+    seconds = {(side, p): [] for side in ("plain", "tessera") for p in POLICIES}
+    config = None
+    for r in range(rounds):
+      for policy in POLICIES:
+        seconds["plain", policy].append(plain[policy].run(steps))
+        overrides = {**shape_overrides(name, policy), **(extra or {})}
+        with tempfile.TemporaryDirectory() as tmp:
+          step_s, _, run = trainer_segment(SHAPE_CONFIG, overrides, tmp, steps + 2)
+          if r == 0 and profile_dir:
+            profile(run, plain[policy], f"{profile_dir}/{name}_{policy}")
+        seconds["tessera", policy].append(step_s)
+        config = run.config
+        print(f"{name} round {r} {policy}: plain {tokens / seconds['plain', policy][-1]:,.0f} tokens/s, tessera "
+              f"{tokens / step_s:,.0f} tokens/s", file=sys.stderr)
+    flops = decoder.train_flops_per_token(config.model, seq_len)
+    tps = {k: [tokens / s for s in v] for k, v in seconds.items()}
+    row = {"flops_per_token": flops}
+    for policy in POLICIES:
+      ratios = [t / p for t, p in zip(tps["tessera", policy], tps["plain", policy])]
+      row[policy] = {**rate(statistics.median(tps["tessera", policy]), flops, peaks["float32"]),
+                     "vs_plain": statistics.median(ratios), "vs_plain_rounds": ratios,
+                     "plain": rate(statistics.median(tps["plain", policy]), flops, peaks["float32"])}
+    best = max(POLICIES, key=lambda p: row[p]["tokens_per_second"])
+    plain_best = max(POLICIES, key=lambda p: row[p]["plain"]["tokens_per_second"])
+    ratios = [max(tps["tessera", p][r] for p in POLICIES) / max(tps["plain", p][r] for p in POLICIES)
+              for r in range(rounds)]
+    row["best"] = {"policy": best, "plain_policy": plain_best, "vs_plain": statistics.median(ratios),
+                   "vs_plain_rounds": ratios, **rate(row[best]["tokens_per_second"], flops, peaks["float32"])}
+    out["shapes"][name] = row
+    print(name, json.dumps({p: round(row[p]["vs_plain"], 3) for p in (*POLICIES, "best")}), file=sys.stderr)
+  return out
+
+
+def profile(run, plain, where, steps=3):
+  """jax.profiler traces (TensorBoard + perfetto JSON) of `steps` steps of tessera's compiled train step (the
+  loop's own step function, on one of its batches) and of the plain step, under `where`/{tessera,plain}."""
+  import bench_rounds
+  batch = run.global_batch(next(iter(run.data.train_batches(0, run.rows))))
+  compiled = bench_rounds.compiled(run.factory, batch)
+  with jax.profiler.trace(f"{where}/tessera", create_perfetto_trace=True):
+    bench_rounds.interleaved({"tessera": compiled}, 1, steps)
+  with jax.profiler.trace(f"{where}/plain", create_perfetto_trace=True):
+    plain.run(steps)
+  print(f"profile: {where}/{{tessera,plain}} (scripts/bench.py --ops {where}/tessera: op table)", file=sys.stderr)
+
+
+def parse_overrides(items):
+  import ast
+  out = {}
+  for item in items or []:
+    key, _, value = item.partition("=")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
   return out
 
 
@@ -138,7 +218,12 @@ def main():
   p.add_argument("--steps", type=int, default=12, help="steps per segment")
   p.add_argument("--repeats", type=int, default=5,
                  help="timed repeats per segment; the best counts (default: %(default)s)")
-  p.add_argument("--shapes", help="comma-separated reference shapes (a,b) to measure instead of the overhead")
+  p.add_argument("--shapes", help="comma-separated reference shapes (a,b; tiny for a smoke test) to measure, "
+                 "side by side with the plain step, instead of the overhead")
+  p.add_argument("--rounds", type=int, default=3, help="--shapes: alternating rounds (default: %(default)s)")
+  p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                 help="--shapes: a tessera config override (a lever to A/B, e.g. loss.fused_ce_chunk=1024)")
+  p.add_argument("--profile", metavar="DIR", help="--shapes: write jax.profiler traces of both steps here")
   p.add_argument("--stem", action="store_true", help="STEM rows (scripts/bench_stem.py) instead of the overhead")
   p.add_argument("--frozen", action="store_true", help="gate-only vs full training (scripts/bench_frozen.py)")
   args = p.parse_args()
@@ -150,7 +235,8 @@ def main():
     import bench_stem
     results["stem"] = bench_stem.run(steps=min(args.steps, 10), rounds=args.repeats)
   elif args.shapes:
-    results["shapes"] = shapes(args.shapes.split(","), args.steps)
+    results.update(shapes(args.shapes.split(","), args.steps, args.rounds, parse_overrides(args.set),
+                          args.profile))
   else:
     results.update(overhead(args))
   text = json.dumps(results, indent=2)
