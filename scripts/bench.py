@@ -153,7 +153,7 @@ def shapes(names, steps, rounds, extra=None, profile_dir=None):
     tokens = batch * seq_len
     plain = {p: bench_plain.PlainTrainer(vocab, d, n_layers, heads, d_ff, seq_len, batch, p) for p in POLICIES}
     seconds = {(side, p): [] for side in ("plain", "tessera") for p in POLICIES}
-    config = None
+    config, ops = None, {}
     for r in range(rounds):
       for policy in POLICIES:
         seconds["plain", policy].append(plain[policy].run(steps))
@@ -161,7 +161,7 @@ def shapes(names, steps, rounds, extra=None, profile_dir=None):
         with tempfile.TemporaryDirectory() as tmp:
           step_s, _, run = trainer_segment(SHAPE_CONFIG, overrides, tmp, steps + 2)
           if r == 0 and profile_dir:
-            profile(run, plain[policy], f"{profile_dir}/{name}_{policy}")
+            ops[policy] = profile(run, plain[policy], f"{profile_dir}/{name}_{policy}")
         seconds["tessera", policy].append(step_s)
         config = run.config
         print(f"{name} round {r} {policy}: plain {tokens / seconds['plain', policy][-1]:,.0f} tokens/s, tessera "
@@ -180,22 +180,38 @@ def shapes(names, steps, rounds, extra=None, profile_dir=None):
               for r in range(rounds)]
     row["best"] = {"policy": best, "plain_policy": plain_best, "vs_plain": statistics.median(ratios),
                    "vs_plain_rounds": ratios, **rate(row[best]["tokens_per_second"], flops, peaks["float32"])}
+    if ops:
+      row["ops"] = ops
     out["shapes"][name] = row
     print(name, json.dumps({p: round(row[p]["vs_plain"], 3) for p in (*POLICIES, "best")}), file=sys.stderr)
   return out
 
 
 def profile(run, plain, where, steps=3):
-  """jax.profiler traces (TensorBoard + perfetto JSON) of `steps` steps of tessera's compiled train step (the
-  loop's own step function, on one of its batches) and of the plain step, under `where`/{tessera,plain}."""
+  """jax.profiler traces (TensorBoard + perfetto) of `steps` steps of tessera's compiled train step (the loop's own
+  step function, on one of its batches) and of the plain step, with each step's HLO, under `where`/{tessera,plain};
+  prints each one's op-time breakdown by model region (scripts/bench_ops.py) and returns them."""
+  import pathlib
+  import bench_ops
   import bench_rounds
   batch = run.global_batch(next(iter(run.data.train_batches(0, run.rows))))
   compiled = bench_rounds.compiled(run.factory, batch)
-  with jax.profiler.trace(f"{where}/tessera", create_perfetto_trace=True):
-    bench_rounds.interleaved({"tessera": compiled}, 1, steps)
-  with jax.profiler.trace(f"{where}/plain", create_perfetto_trace=True):
-    plain.run(steps)
-  print(f"profile: {where}/{{tessera,plain}} (scripts/bench.py --ops {where}/tessera: op table)", file=sys.stderr)
+  with run.factory.context():
+    tessera_hlo = compiled["step"].lower(compiled["state"], batch).compile().as_text()
+  plain_hlo = plain.step.lower(plain.params, plain.opt_state, plain.inputs, plain.targets).compile().as_text()
+  out = {}
+  for side, hlo in (("tessera", tessera_hlo), ("plain", plain_hlo)):
+    with jax.profiler.trace(f"{where}/{side}", create_perfetto_trace=True):
+      if side == "tessera":
+        bench_rounds.interleaved({"tessera": compiled}, 1, steps)
+      else:
+        plain.run(steps)
+    (pathlib.Path(where) / side / "hlo.txt").write_text(hlo)
+    (pathlib.Path(where) / side / "steps.json").write_text(json.dumps({"steps": steps}))
+    rows = bench_ops.breakdown(f"{where}/{side}", steps)
+    out[side] = {name: {"ms_per_step": ms, "share": share} for name, ms, share in rows}
+    print(f"{where}/{side}:\n{bench_ops.markdown(rows)}", file=sys.stderr)
+  return out
 
 
 def parse_overrides(items):
@@ -235,6 +251,8 @@ def main():
     import bench_stem
     results["stem"] = bench_stem.run(steps=min(args.steps, 10), rounds=args.repeats)
   elif args.shapes:
+    if args.profile:  # an executable from the persistent cache keeps the source metadata of the code that filled it
+      jax.config.update("jax_enable_compilation_cache", False)
     results.update(shapes(args.shapes.split(","), args.steps, args.rounds, parse_overrides(args.set),
                           args.profile))
   else:

@@ -47,19 +47,24 @@ class Block(nnx.Module):
     self.up = nnx.Param(init(rngs.params(), (d, d_ff)))
     self.down = nnx.Param(out_init(rngs.params(), (d_ff, d)))
 
-  def __call__(self, x_BxTxD):
-    w = lambda p: p[...].astype(self.dtype)
-    h_BxTxD = self.norm1(x_BxTxD)
-    qkv = jnp.einsum("btd,dshe->sbthe", h_BxTxD, w(self.qkv))
+  def w(self, p):
+    return p[...].astype(self.dtype)
+
+  def attention(self, h_BxTxD):
+    qkv = jnp.einsum("btd,dshe->sbthe", h_BxTxD, self.w(self.qkv))
     q, k, v = rope(qkv[0], self.theta), rope(qkv[1], self.theta), qkv[2]
-    T = x_BxTxD.shape[1]
+    T = h_BxTxD.shape[1]
     logits = jnp.einsum("bthe,bshe->bhts", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
     logits = jnp.where(jnp.tril(jnp.ones((T, T), bool)), logits, -1e30)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    attn_BxTxHxE = jnp.einsum("bhts,bshe->bthe", probs, v)
-    x_BxTxD = x_BxTxD + jnp.einsum("bthe,hed->btd", attn_BxTxHxE, w(self.o))
-    h_BxTxD = self.norm2(x_BxTxD)
-    return x_BxTxD + jax.nn.gelu(h_BxTxD @ w(self.up), approximate=True) @ w(self.down)
+    return jnp.einsum("bthe,hed->btd", jnp.einsum("bhts,bshe->bthe", probs, v), self.w(self.o))
+
+  def mlp(self, h_BxTxD):
+    return jax.nn.gelu(h_BxTxD @ self.w(self.up), approximate=True) @ self.w(self.down)
+
+  def __call__(self, x_BxTxD):
+    x_BxTxD = x_BxTxD + self.attention(self.norm1(x_BxTxD))
+    return x_BxTxD + self.mlp(self.norm2(x_BxTxD))
 
 
 class GPT(nnx.Module):
@@ -73,8 +78,10 @@ class GPT(nnx.Module):
     x_BxTxD = self.embed[...][tokens_BxT].astype(self.dtype)
     for block in self.blocks:
       x_BxTxD = block(x_BxTxD)
-    return jnp.einsum("btd,vd->btv", self.norm(x_BxTxD), self.embed[...].astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+    return self.logits(self.norm(x_BxTxD))
+
+  def logits(self, x_BxTxD):
+    return jnp.einsum("btd,vd->btv", x_BxTxD, self.embed[...].astype(self.dtype), preferred_element_type=jnp.float32)
 
 
 def optimizer(lr=3e-3, steps=100, warmup=5, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip=1.0):
