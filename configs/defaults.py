@@ -59,7 +59,8 @@ def base_config():
       # RMSNorm of q and k; attn_bias: q/k/v/o biases; rope_scaling: none|linear|llama3 with its factors.
       qk_norm=False, attn_bias=False, rope_scaling="none", rope_factor=1.0, rope_low_freq_factor=1.0,
       rope_high_freq_factor=4.0, rope_original_max_len=8192))
-  c.loss = ml_collections.ConfigDict(dict(name="next_token"))
+  # loss.fused_ce_chunk (next_token): > 0 fuses the head and CE in chunks of that many tokens (custom VJP; 0: off).
+  c.loss = ml_collections.ConfigDict(dict(name="next_token", fused_ce_chunk=0))
   c.data = ml_collections.ConfigDict(dict(name="embedded", path="", workers=0, prefetch=4))
   # init.workdir: load another run's latest params into the matching part of this model (init.map: a list of
   # "source_regex=target" rewrites of the source paths, re.sub with the first matching one, paths no rule matches

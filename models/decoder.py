@@ -87,13 +87,24 @@ class Decoder(nnx.Module):
     """
     return self._forward(tokens_BxT, segment_ids_BxT, positions_BxT, cache=cache, live_BxT=live_BxT)
 
+  def hidden_and_unembedding(self, tokens_BxT, *, segment_ids_BxT=None, positions_BxT=None):
+    """(final-normed hidden states x_BxTxD, unembedding w_VxD), both in the compute dtype: logits = x @ w.T as
+    __call__ makes them, for a loss that fuses the head (tessera.losses.fused_cross_entropy)."""
+    if type(self).__call__ is not Decoder.__call__:
+      raise ValueError(f"config key 'loss.fused_ce_chunk': {type(self).__name__} has its own forward pass; the fused "
+                       "head runs on the plain decoder only (set it to 0)")
+    x_BxTxD = self._forward(tokens_BxT, segment_ids_BxT, positions_BxT, head=False)
+    if self.tie_embeddings:
+      return x_BxTxD, self.embed[...].astype(self.dtype)
+    return x_BxTxD, self.unembed[...].astype(self.dtype).T
+
   def init_cache(self, batch, policy):
     """An empty kv_cache.KVCache for `batch` rows under a `resolve`d kv_cache.Policy (call inside jit)."""
     from tessera.models import kv_cache
     return kv_cache.init(policy, batch, self.n_layers, self.n_kv_heads, self.head_dim, self.dtype,
                          stacked=self.scan_layers)
 
-  def _forward(self, tokens_BxT, segment_ids_BxT, positions_BxT, *mlp_args, cache=None, live_BxT=None):
+  def _forward(self, tokens_BxT, segment_ids_BxT, positions_BxT, *mlp_args, cache=None, live_BxT=None, head=True):
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.dtype)
@@ -101,7 +112,7 @@ class Decoder(nnx.Module):
       x_BxTxD, cache = self._run_blocks_cached(x_BxTxD, positions_BxT, cache, live_BxT, *mlp_args)
       return self._logits(x_BxTxD), cache
     x_BxTxD = self._run_blocks(x_BxTxD, segment_ids_BxT, positions_BxT, *mlp_args)
-    return self._logits(x_BxTxD)
+    return self._logits(x_BxTxD) if head else self.final_norm(x_BxTxD)
 
   def _logits(self, x_BxTxD):
     x_BxTxD = self.final_norm(x_BxTxD)
