@@ -77,6 +77,9 @@ def load_config(spec, overrides, check_methods=True):
     config, module = config_loader.load(resolve_config_path(spec))
   config_loader.apply_overrides(config, overrides)
   config_loader.apply_hook(config, module, overrides)
+  if config.get("model", {}).get("dtype") == "auto":  # resolved here, once: config.json records the choice
+    from tessera.models import dtype_policy
+    dtype_policy.resolve(config)
   validate_keys(config, spec)
   if check_methods:
     from tessera.trainer import zoo  # imports the zoo (jax): after the cheap checks
