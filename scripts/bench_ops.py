@@ -4,7 +4,7 @@
 the trace and the compiled step's HLO (hlo.txt); `python scripts/bench_ops.py DIR/a_float32/tessera` prints the
 table. Each HLO op's metadata names its source frames (file, function); the innermost frame that a REGIONS rule
 matches names the region (backward ops carry their forward op's source, so a region is forward + backward).
-A fusion without metadata takes its fused computation's root's region.
+A fusion without metadata takes its fused computation's root's region, else the most common one inside it.
 """
 import collections
 import gzip
@@ -69,7 +69,7 @@ def region(chain):
 def op_regions(text):
   """{HLO instruction name: region} for every instruction of the compiled module's text."""
   chains = frames(text)
-  own, calls, roots, computation = {}, {}, {}, None
+  own, calls, roots, inside, computation = {}, {}, {}, collections.defaultdict(collections.Counter), None
   for line in text.splitlines():
     header = re.match(r"(?:ENTRY )?%(\S+) \(.*\{$", line)
     if header:
@@ -82,6 +82,7 @@ def op_regions(text):
     frame = re.search(r"stack_frame_id=(\d+)", line)
     if frame:
       own[name] = region(chains.get(int(frame.group(1)), []))
+      inside[computation][own[name]] += 1
     called = re.search(r"calls=%([\w.\-]+)", line)
     if called:
       calls[name] = called.group(1)
@@ -90,7 +91,8 @@ def op_regions(text):
   out = dict(own)
   for name, computation in calls.items():
     if name not in own:
-      out[name] = own.get(roots.get(computation), "other (no source)")
+      common = inside[computation].most_common(1)
+      out[name] = own.get(roots.get(computation)) or (common[0][0] if common else "other (no source)")
   return out
 
 
