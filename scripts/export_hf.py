@@ -127,7 +127,8 @@ def run(args):
   if model.get("weight_format", quantized.FLOAT) != quantized.FLOAT:
     raise HFError(f"--workdir: {args.workdir} holds {model.weight_format} codes; export a float run")
   if model.get("mlp", "swiglu") != "swiglu":
-    raise HFError(f"model.mlp={model.mlp!r}: only 'swiglu' maps to a Hugging Face Llama/Qwen3 MLP (nothing was written)")
+    raise HFError(f"model.mlp={model.mlp!r}: only 'swiglu' maps to a Hugging Face Llama/Qwen3 MLP "
+                  "(nothing was written)")
   dtype = None if args.dtype == "stored" else np.dtype(jax.numpy.dtype(args.dtype))
   tensors, extra = hf_tensors(model, params, dtype)
   base_file = args.workdir / "hf" / "config.json"
