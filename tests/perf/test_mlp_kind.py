@@ -1,6 +1,5 @@
 """model.mlp: the two-matrix GELU MLP (plain trainers' math), its accounting and its validation."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
