@@ -4,7 +4,7 @@ Reads a directory written by scripts/prepare_meds (per-subject tokens with per-t
 train stream is a pure function of (seed, i): a train subject drawn uniformly, a cut time t_c drawn uniformly among
 its distinct timestamps with >= `min_ctx_events` body tokens at or before t_c and >= 1 in (t_c, t_c + Δ]
 (Δ = `horizon_days`). Context = tokens with time <= t_c, left-truncated to `ctx_len` keeping the prefix (<bos>,
-static codes, age); future = tokens in (t_c, t_c + Δ], right-truncated to `fut_len`; x = ctx ⊕ fut padded to
+static codes, age; with the `text` tokenizer the demographics block); future = tokens in (t_c, t_c + Δ], right-truncated to `fut_len`; x = ctx ⊕ fut padded to
 `ctx_len + fut_len` (= train.seq_len); `cut_idx` = last context token, `last_idx` = last token of x. The trainer's
 resume state is the global batch index (tessera.data.global_order's contract), so a resume draws the same rows.
 (Project default: "events" in min_ctx_events are body tokens; the closing <eos> is never part of a window.)
@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 
 from tessera.data import array_record_io
 from tessera.data import global_order
-from tessera.data import meds_tokenize
 from tessera.data import registry
 from tessera.data.prepare_io import STATS_FILE, read_json
 from tessera.data.prepared import RECORDS_FILE, UNIGRAM_FILE, load_tokenizer
@@ -30,11 +29,9 @@ PREPARED = "prepared"  # under the preparer's directory
 
 
 def prefix_length(tokens, tokenizer) -> int:
-  """<bos>, static codes and the age token: everything up to the age token (the tokenizer writes it last in the
-  head); without a birth record only <bos> is known to be prefix."""
-  head = tokens[:64]
-  age = np.flatnonzero((head >= tokenizer.age_first) & (head < tokenizer.age_first + len(meds_tokenize.AGE_TOKENS)))
-  return int(age[0]) + 1 if len(age) else 1
+  """The part of a record every window keeps, as the tokenizer defines it: `codes` <bos>, static codes, age token;
+  `text` <bos>, the demographics block, <timeline>."""
+  return tokenizer.prefix_length(tokens)
 
 
 class Subject:

@@ -101,6 +101,13 @@ class EventTokenizer:
       raise FileNotFoundError(f"{path}: missing (prepare the directory with scripts/prepare_meds)")
     return cls(json.loads(path.read_text()))
 
+  def prefix_length(self, tokens) -> int:
+    """<bos>, static codes and the age token: everything up to the age token (written last in the head); without a
+    birth record only <bos> is known to be prefix."""
+    head = np.asarray(tokens[:64])
+    age = np.flatnonzero((head >= self.age_first) & (head < self.age_first + len(AGE_TOKENS)))
+    return int(age[0]) + 1 if len(age) else 1
+
   def code_id(self, code: str) -> int:
     """The code's own token, else its prefix UNK, else <unk> (the rule for rare and never-seen codes alike)."""
     if code in self.id_of and code != BIRTH_CODE:

@@ -3,8 +3,12 @@
   scripts/prepare_meds --input ../shared/data/mimic-iv-demo-meds --out data/mimic-demo
   scripts/train --config configs/lm.py:small --config.data.path=data/mimic-demo --workdir runs/ehr
 
-Each record is one subject: int32 token ids followed by one int64 timestamp (us) per token. The vocabulary and value
-deciles are fitted on the `train` split of metadata/subject_splits.parquet only. The input is checked against the
+  scripts/prepare_meds --input ../shared/data/mimic-iv-demo-meds --out data/mimic-text --tokenizer text
+
+Each record is one subject: int32 token ids followed by one int64 timestamp (us) per token. `--tokenizer codes`
+(default, jepa_ehr.md §4.2): event tokens, vocabulary and value deciles in vocab.json. `--tokenizer text` (§4.3,
+tessera.data.meds_text): smb-utils-style text per calendar day through a byte-level BPE in tokenizer.json. Either
+is fitted on the `train` split of metadata/subject_splits.parquet only. The input is checked against the
 `meds` package's schemas (data, codes, subject splits, dataset.json; recorded in stats.json under "meds"). Derived
 probe labels go to DIR/labels/<task>.parquet, with the label files the input carries (labels/<task>.parquet or the
 MEDS task_labels/<task>/ layout, in the MEDS label schema) next to them; a built-in task whose codes the data lacks
@@ -24,6 +28,7 @@ import pyarrow.parquet as pq
 from tessera.data import array_record_io
 from tessera.data import meds_labels
 from tessera.data import meds_schema
+from tessera.data import meds_text
 from tessera.data import meds_tokenize
 from tessera.data import prepare_io
 from tessera.data.prepare_io import DataError
@@ -32,6 +37,7 @@ from tessera.data.prepared import RECORDS_FILE, UNIGRAM_FILE
 FORMAT_VERSION = 1
 SPLIT_ORDER = ("train", "tuning", "held_out")
 LARGE_TRAIN_SUBJECTS = 1000
+TOKENIZERS = ("codes", "text")
 
 
 def parse_args(argv):
@@ -44,6 +50,10 @@ def parse_args(argv):
   parser.add_argument("--min-subjects", type=prepare_io.at_least(0), default=0,
                       help=f"train subjects a code needs to get its own token (default: 2, or 100 with >= "
                            f"{LARGE_TRAIN_SUBJECTS} train subjects)")
+  parser.add_argument("--tokenizer", choices=TOKENIZERS, default="codes",
+                      help="codes: event tokens (default); text: serialized text per day + byte-level BPE")
+  parser.add_argument("--text-vocab-size", type=prepare_io.at_least(300), default=8192,
+                      help="BPE ids in all, specials included, for --tokenizer text (default: 8192)")
   parser.add_argument("--records-per-shard", type=prepare_io.at_least(1), default=1000,
                       help="subjects per ArrayRecord shard")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing different dataset in --out")
@@ -51,7 +61,11 @@ def parse_args(argv):
 
 
 def _fingerprint(args, meds_dir: pathlib.Path) -> str:
-  digest = hashlib.sha256(repr((FORMAT_VERSION, args.min_subjects, args.records_per_shard)).encode())
+  # `codes` keeps the key it always had (directories prepared before --tokenizer existed stay valid).
+  key = (FORMAT_VERSION, args.min_subjects, args.records_per_shard)
+  if args.tokenizer != "codes":
+    key += (args.tokenizer, args.text_vocab_size)
+  digest = hashlib.sha256(repr(key).encode())
   for path in sorted(p for p in meds_dir.rglob("*") if p.is_file() and p.suffix in (".parquet", ".json")):
     digest.update(str(path.relative_to(meds_dir)).encode() + path.read_bytes())
   return digest.hexdigest()
@@ -79,16 +93,27 @@ def prepare(argv=None) -> dict:
     print(f"prepare_meds: {args.out} already holds this dataset; nothing to do")
     return prepare_io.read_json(args.out / prepare_io.STATS_FILE)
 
-  print(f"fitting the vocabulary on {len(train_subjects):,} train subjects (min_subjects={args.min_subjects})...",
-        file=sys.stderr)
-  vocab = meds_tokenize.fit(events, np.isin(events.subject_id, train_subjects), args.min_subjects)
-  tokenizer = meds_tokenize.EventTokenizer(vocab)
-  subject_tokens = meds_tokenize.SubjectTokenizer(tokenizer, events)
+  if args.tokenizer == "text":
+    print(f"training a {args.text_vocab_size}-id byte-level BPE on {len(train_subjects):,} train subjects' text...",
+          file=sys.stderr)
+    serializer = meds_text.Serializer(events, meds_text.read_units(meds_dir))
+    hf = meds_text.fit(serializer, train_subjects, args.text_vocab_size)
+    tokenizer = meds_text.MedsTextTokenizer(hf)
+    subject_tokens = meds_text.SubjectTextTokenizer(tokenizer, serializer)
+  else:
+    print(f"fitting the vocabulary on {len(train_subjects):,} train subjects (min_subjects={args.min_subjects})...",
+          file=sys.stderr)
+    vocab = meds_tokenize.fit(events, np.isin(events.subject_id, train_subjects), args.min_subjects)
+    tokenizer = meds_tokenize.EventTokenizer(vocab)
+    subject_tokens = meds_tokenize.SubjectTokenizer(tokenizer, events)
   skipped_tasks = {}
   label_tables = {**meds_labels.derive(events, skipped_tasks), **input_labels}
 
   with prepare_io.staged_dir(args.out) as staging:
-    prepare_io.write_json(staging / meds_tokenize.VOCAB_FILE, vocab)
+    if args.tokenizer == "text":
+      (staging / meds_text.TOKENIZER_FILE).write_text(hf.to_str(pretty=True))
+    else:
+      prepare_io.write_json(staging / meds_tokenize.VOCAB_FILE, vocab)
     index = {"split": [], "record": [], "subject_id": [], "num_tokens": [], "first_time": [], "last_time": []}
     counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
     splits, skipped = {}, 0
@@ -131,11 +156,12 @@ def prepare(argv=None) -> dict:
     eval_split = next((s for s in ("tuning", "held_out") if s in splits), "train")
     seconds = time.perf_counter() - began
     stats = {
-        "kind": "meds", "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "tokenizer": "codes",
+        "kind": "meds", "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "tokenizer": args.tokenizer,
         "source": str(meds_dir), "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
         "pad_id": tokenizer.pad_id, "record_times": True, "train_split": "train", "eval_split": eval_split,
         "splits": splits, "subjects": int(sum(s["subjects"] for s in splits.values())), "events": len(events),
         "tokens": int(sum(s["tokens"] for s in splits.values())), "min_subjects": args.min_subjects,
+        **({"text_vocab_size": args.text_vocab_size} if args.tokenizer == "text" else {}),
         "labels": sorted(label_tables), "labels_from_input": sorted(input_labels), "labels_skipped": skipped_tasks,
         "meds": {"schema_package": f"meds {meds.__version__}", "dataset": dataset_metadata,
                  "codes_metadata_rows": codes_rows},

@@ -81,7 +81,11 @@ def row_fields(rows: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 def load_tokenizer(directory: pathlib.Path, stats: dict):
   """The tokenizer the directory was prepared with; its size must be the one the records were written with."""
-  if stats["kind"] == "meds":
+  if stats["kind"] == "meds" and stats.get("tokenizer") == "text":
+    from tessera.data import meds_text  # jepa_ehr.md §4.3: serialized text + byte-level BPE
+    path = directory / meds_text.TOKENIZER_FILE
+    tokenizer = meds_text.MedsTextTokenizer.from_file(path)
+  elif stats["kind"] == "meds":
     from tessera.data import meds_tokenize  # only MEDS directories need it
     path = directory / meds_tokenize.VOCAB_FILE
     tokenizer = meds_tokenize.EventTokenizer.from_file(path)
