@@ -5,19 +5,23 @@
   .venv/bin/python scripts/ehr_study.py --list                   # the plan and which units are done
 
 Data: the §6 synthetic set (4,000 subjects, seed 0) generated and prepared once under <runs>/data; the MIMIC-IV demo
-(shared/data/mimic-iv-demo-meds, when present) prepared under <runs>/mimic. Each unit trains in its own workdir
+(shared/data/mimic-iv-demo-meds, when present) prepared under <runs>/mimic (event tokens) and <runs>/mimic_text
+(`--tokenizer text`, §4.3, for the mimic_text_* units). Each unit trains in its own workdir
 <runs>/<unit> through the real CLI (configs/ehr_jepa.py, probes at the end), single-threaded XLA; a rerun skips
 finished units and resumes an interrupted one from its last checkpoint. A finished unit's probe rows, training
-curves and CPU seconds go into docs/results/jepa_ehr_data.json (with --commit also into git), then the page is
+curves and CPU seconds go into docs/results/jepa_ehr_data.json (with --commit also into git; read-modify-write under
+an flock on jepa_ehr_data.json.lock, so studies running side by side with --only keep each other's units), then the page is
 rendered by scripts/ehr_results.py. Units, in order (main first; later ones are cut when CPU runs out;
 SIGTERM stops the running unit after the trainer's save and records the CPU it used):
-  main: SFT-only and SFT+JEPA joint, seeds 0-2, alternating; mimic: tiny 200 steps, Δ = 30 d, SFT-only and joint;
+  main: SFT-only and SFT+JEPA joint, seeds 0-2, alternating; mimic: tiny 200 steps, Δ = 30 d, SFT-only and joint,
+  with the event (`codes`) tokenizer and again with the `text` tokenizer (mimic_text_*);
   curriculum: seed 0; ablations (seed 0, joint + one override): λ 0.1, target fut_only_last, cosine loss, Δ 30/365 d.
 Scale (project default for 2 cores, set by the measured step): `small` (4 layers, d = 128), context/future 192/64,
 batch 16, 500 steps (1.3 CPU-s a step here: the issue's 1,000 steps x 6 runs alone would take 130 CPU-min of the
 ~90 the study may use); the end-of-run probe skips the EMA-target row (half the probe's forward cost).
 """
 import argparse
+import fcntl
 import json
 import os
 import pathlib
@@ -46,6 +50,10 @@ def plan(steps):
     units.append((f"mimic_{name}_s0", "mimic", "MIMIC-IV demo", "tiny",
                   {"seed": 0, "loss.jepa.weight": 0.0 if name == "sft_only" else 1.0, "data.horizon_days": 30.0,
                    "train.steps": 200}))
+  for name in ("sft_only", "joint"):
+    units.append((f"mimic_text_{name}_s0", "mimic", "MIMIC-IV demo, text tokenizer", "tiny",
+                  {"seed": 0, "loss.jepa.weight": 0.0 if name == "sft_only" else 1.0, "data.horizon_days": 30.0,
+                   "train.steps": 200}))
   units.append(("curriculum_s0", "main", "SFT+JEPA curriculum", "small", {"seed": 0, "loss.jepa.schedule": "curriculum"}))
   for name, description, overrides in (
       ("lambda_0.1", "λ = 0.1", {"loss.jepa.weight": 0.1}),
@@ -66,6 +74,7 @@ class Study:
   def __init__(self, a):
     self.a, self.runs = a, (ROOT / a.runs).resolve()
     self.path = ROOT / a.out / ehr_results.DATA_FILE
+    self.mine = set()  # units this process finished: the only ones its save may replace on disk
     self.data = json.loads(self.path.read_text()) if self.path.exists() else {"units": {}}
     self.data["plan"] = [{"unit": u, "group": g, "description": d, "variant": v, "overrides": o}
                          for u, g, d, v, o in plan(a.steps)]
@@ -89,13 +98,18 @@ class Study:
     if code:
       raise subprocess.CalledProcessError(code, args)
 
-  def prepare(self, name, make_input):
+  def prepare(self, name, make_input, *flags):
     out = self.runs / name
     if not (out / "stats.json").exists():
       self.runs.mkdir(parents=True, exist_ok=True)
       meds = make_input()
-      self.run(["-m", "tessera.data.prepare_meds", "--input", str(meds), "--out", str(out)], self.runs / "prepare.log")
+      self.run(["-m", "tessera.data.prepare_meds", "--input", str(meds), "--out", str(out), *flags],
+               self.runs / "prepare.log")
     return out
+
+  def mimic(self, text):
+    return self.prepare("mimic_text", lambda: MIMIC, "--tokenizer", "text") if text else self.prepare(
+        "mimic", lambda: MIMIC)
 
   def synthetic(self):
     def write():
@@ -112,7 +126,7 @@ class Study:
     if group == "mimic" and not MIMIC.is_dir():
       print(f"skipping {name}: no {MIMIC}")
       return
-    data = self.prepare("mimic", lambda: MIMIC) if group == "mimic" else self.synthetic()
+    data = self.mimic(name.startswith("mimic_text_")) if group == "mimic" else self.synthetic()
     workdir = self.runs / name
     partial = self.runs / f"{name}.cpu.json"  # CPU and wall seconds of attempts a stop cut short
     spent = json.loads(partial.read_text()) if partial.exists() else {"cpu_s": 0.0, "wall_s": 0.0, "attempts": 0}
@@ -133,15 +147,29 @@ class Study:
       partial.write_text(json.dumps(spent) + "\n")
     self.data["units"][name] = {"group": group, **overrides, **ehr_results.unit_record(workdir), **spent,
                                 "resumed": resumed}
+    self.mine.add(name)
     self.save(f"EHR study: {name} ({spent['cpu_s'] / 60:.1f} CPU-min)")
 
   def save(self, message):
-    ehr_results.render(self.data, ROOT / self.a.out, self.a.name)
-    tmp = self.path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-    tmp.replace(self.path)
-    if not self.a.commit:
-      return
+    """Read-modify-write under a lock: units on disk (another study's) are kept, this process's finished ones
+    replace theirs, and after the write every unit is checked to be there."""
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      disk = json.loads(self.path.read_text()).get("units", {}) if self.path.exists() else {}
+      self.data["units"] = {**self.data["units"], **disk, **{u: self.data["units"][u] for u in self.mine}}
+      ehr_results.render(self.data, ROOT / self.a.out, self.a.name)
+      tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+      tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+      tmp.replace(self.path)
+      lost = set(self.data["units"]) - set(json.loads(self.path.read_text())["units"])
+      if lost:
+        print(f"warning: {self.path} lost units {sorted(lost)} to a concurrent writer; rerun with --only",
+              file=sys.stderr)
+      if self.a.commit:
+        self.commit(message)
+
+  def commit(self, message):
     paths = [str(self.path), *(str(ROOT / self.a.out / f"{self.a.name}.{ext}") for ext in ("md", "png"))]
     for _ in range(6):
       if subprocess.run(["git", "add", *paths], cwd=ROOT, capture_output=True).returncode == 0 and subprocess.run(
