@@ -45,6 +45,9 @@ def attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT, implementation):
   """Causal attention by `model.attention_impl`: "xla" is the reference above; other names go to the kernels."""
   if implementation == "xla":
     return dot_product_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, causal=True, segment_ids_BxT=segment_ids_BxT)
+  if implementation == "xla_blocked":  # query blocks that skip later keys (CPU, issue 20)
+    from tessera.models import attention_blocked
+    return attention_blocked.attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT)
   from tessera.models import kernels  # lazy: kernels are optional (GPU/TPU) and must not burden the CPU path
   return kernels.attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, causal=True, segment_ids=segment_ids_BxT,
                            implementation=implementation)
@@ -61,6 +64,7 @@ def attend_cached(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, positions_BxT, cache, live_Bx
   "attention" policy (H2O) also accumulates the attention probabilities (kv_cache.attention_mass).
   """
   from tessera.models import kernels, kv_cache  # lazy, as in `attend`
+  implementation = "xla" if implementation == "xla_blocked" else implementation
   implementation = implementation if implementation in ("xla", "pallas") else "auto"  # cudnn: no keep masks
   if live_BxT is None:
     live_BxT = jnp.ones(positions_BxT.shape, bool)

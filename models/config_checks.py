@@ -8,7 +8,7 @@ from tessera.models import registry
 
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "full", "dots")
-ATTENTION = ("xla", "pallas", "cudnn", "auto")
+ATTENTION = ("xla", "xla_blocked", "pallas", "cudnn", "auto")
 NUMBER_FORMATS = ("rf8", "e4m3", "e5m2")  # tessera.models.numerics.FORMATS
 FAN_MODES = ("reference", "fan_in")
 ROPE_SCALINGS = ("none", "linear", "llama3")  # tessera.models.layers.ROPE_SCALINGS

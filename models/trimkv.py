@@ -27,7 +27,7 @@ from tessera.models.trimkv_gate import GATE_VARIANTS, RetentionGate, soft_occupa
 RETENTION_MODES = ("mul_logit", "add_bias")  # §4: mul_logit is the faithful one; add_bias a project variant
 # model.attention_impl -> kernels.attention implementation: cuDNN has no retention term, so it falls to "auto"
 # (Pallas on GPU, XLA elsewhere).
-KERNEL_IMPL = {"xla": "xla", "pallas": "pallas", "cudnn": "auto", "auto": "auto"}
+KERNEL_IMPL = {"xla": "xla", "xla_blocked": "xla", "pallas": "pallas", "cudnn": "auto", "auto": "auto"}
 
 
 class RetentionAttention(Attention):
