@@ -36,7 +36,7 @@ def unit_record(workdir):
   config = json.loads((workdir / "config.json").read_text())
   metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
   train = [m for m in metrics if "train/sft_loss" in m]
-  stats = pathlib.Path(config["data"].get("path") or workdir / "data" / "prepared") / "stats.json"
+  stats = pathlib.Path(config.get("data", {}).get("path") or workdir / "data" / "prepared") / "stats.json"
   tokenizer = json.loads(stats.read_text()).get("tokenizer", "codes") if stats.is_file() else "codes"
   keep = ("task", "node", "encoder", "auroc", "auroc_lo", "auroc_hi", "auprc", "n", "positives", "protocol")
   return {"objective": report["objective"], "tokenizer": tokenizer, "seed": config["seed"], "steps": report["step"],

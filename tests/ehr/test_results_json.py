@@ -82,3 +82,31 @@ def test_study_skips_finished_units_and_collects_a_finished_workdir(tmp_path, mo
   assert set(data["units"]) == {"sft_only_s0", "joint_s0"} and data["units"]["joint_s0"]["seed"] == 0
   page = (out / "jepa_ehr.md").read_text()
   assert "| long_term_slope | 1.0y | 0.700 (1) | 0.700 (1) |" in page and "`curriculum_s0`" in page
+
+
+def test_save_keeps_units_another_study_wrote_and_the_mimic_table_splits_by_tokenizer(tmp_path, monkeypatch):
+  """Two studies side by side (--only): each save re-reads the JSON under the lock and adds only its own units."""
+  import ehr_study
+  monkeypatch.setattr(ehr_study, "ROOT", tmp_path)
+  out = tmp_path / "out"
+  out.mkdir()
+  row = {"task": "icu_admission", "node": "adm+24h", "encoder": "online", "auroc": 0.6, "auroc_lo": 0.5,
+         "auroc_hi": 0.7, "auprc": 0.2, "n": 244, "positives": 29, "protocol": "5-fold grouped CV (pooled)"}
+  unit = {"group": "mimic", "objective": "sft_only", "seed": 0, "steps": 200, "results": [row], "cpu_s": 60.0,
+          "curves": {"step": [], "sft_loss": [], "z_hat_std_mean": [], "z_hat_std_min": []}}
+  path = out / ehr_results.DATA_FILE
+  path.write_text(json.dumps({"units": {"mimic_sft_only_s0": unit}}))
+  study = ehr_study.Study(ehr_study.argparse.Namespace(runs="runs", out=str(out), name="p", steps=500, commit=False))
+  path.write_text(json.dumps({"units": {"mimic_sft_only_s0": unit, "mimic_joint_s0": {**unit, "objective": "sft+jepa_joint"}}}))
+  study.data["units"]["mimic_text_sft_only_s0"] = {**unit, "tokenizer": "text",
+                                                   "results": [{**row, "auroc": 0.55, "n": 240}]}
+  study.mine.add("mimic_text_sft_only_s0")
+  study.save("test")
+  assert set(json.loads(path.read_text())["units"]) == {"mimic_sft_only_s0", "mimic_joint_s0",
+                                                        "mimic_text_sft_only_s0"}
+  page = (out / "p.md").read_text()
+  assert ("| task (node) | sft_only, `codes`: AUROC [95% CI] | sft+jepa_joint, `codes`: AUROC [95% CI] | "
+          "sft_only, `text`: AUROC [95% CI] |") in page
+  assert "| icu_admission (adm+24h) | 0.600 [0.50, 0.70] | 0.600 [0.50, 0.70] | 0.550 [0.50, 0.70] | " \
+      "`codes` 244 (29); `text` 240 (29) |" \
+      in page and "not implemented" not in page
