@@ -6,12 +6,17 @@
   scripts/train --config configs/ehr_jepa.py:sft_only --config.data.path=data/meds --workdir runs/ehr-sft
   scripts/train --config configs/ehr_jepa.py:small --config.data.path=data/meds --config.loss.jepa.schedule=curriculum
   scripts/probe --workdir runs/ehr-small --tasks all
+  # the `text` tokenizer (jepa_ehr.md §4.3, for comparison only): smb-utils-style text per day + byte-level BPE 8192
+  scripts/prepare_meds --input MEDS_DIR --out data/meds-text --tokenizer text [--text-vocab-size 8192]
+  scripts/train --config configs/ehr_jepa.py:tiny --config.data.path=data/meds-text --config.data.horizon_days=30
 
 Variants: `tiny` (CI: 2 layers, d=64), `small` (CPU study: 4 layers, d=128, 4/2 heads, AdamW 1e-3, cosine, clip 1,
 batch 16, context/future 192/64, 1000 steps: the spec's small scaled to 2 cores as issue 14 says), `sft_only`
 (`small` with λ = 0: the baseline, same architecture, data, steps and tokens), `quickstart` (`tiny` on a generated
 synthetic set). Warmup (steps/5) and the curriculum switch follow train.steps. For MIMIC-style data set
-`--config.data.horizon_days=30` (spec §5 project default; 180 is the synthetic set's).
+`--config.data.horizon_days=30` (spec §5 project default; 180 is the synthetic set's). Every variant runs on either
+tokenizer's directory: the cut sampler keeps the tokenizer's prefix (codes: <bos>, static, age; text: the
+demographics block) and cuts on per-token times (text: a day block carries its last event's time).
 """
 import ml_collections
 
