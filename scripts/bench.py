@@ -180,7 +180,8 @@ def shapes(names, steps, rounds, extra=None, profile_dir=None):
               for r in range(rounds)]
     from tessera.models import dtype_policy
     row["best"] = {"policy": best, "plain_policy": plain_best, "auto_policy": dtype_policy.choose(),
-                   "vs_plain": statistics.median(ratios), "vs_plain_rounds": ratios, **rate(row[best]["tokens_per_second"], flops, peaks["float32"])}
+                   "vs_plain": statistics.median(ratios), "vs_plain_rounds": ratios,
+                   **rate(row[best]["tokens_per_second"], flops, peaks["float32"])}
     if ops:
       row["ops"] = ops
     out["shapes"][name] = row
