@@ -7,7 +7,7 @@
   scripts/train --config configs/ehr_jepa.py:small --config.data.path=data/meds --config.loss.jepa.schedule=curriculum
   scripts/probe --workdir runs/ehr-small --tasks all
   # the `text` tokenizer (jepa_ehr.md §4.3, for comparison only): smb-utils-style text per day + byte-level BPE 8192
-  scripts/prepare_meds --input MEDS_DIR --out data/meds-text --tokenizer text [--text-vocab-size 8192]
+  scripts/prepare_meds --input MEDS_DIR --out data/meds-text --tokenizer text --text-vocab-size 8192
   scripts/train --config configs/ehr_jepa.py:tiny --config.data.path=data/meds-text --config.data.horizon_days=30
 
 Variants: `tiny` (CI: 2 layers, d=64), `small` (CPU study: 4 layers, d=128, 4/2 heads, AdamW 1e-3, cosine, clip 1,
