@@ -9,9 +9,9 @@ Data: the §6 synthetic set (4,000 subjects, seed 0) generated and prepared once
 (`--tokenizer text`, §4.3, for the mimic_text_* units). Each unit trains in its own workdir
 <runs>/<unit> through the real CLI (configs/ehr_jepa.py, probes at the end), single-threaded XLA; a rerun skips
 finished units and resumes an interrupted one from its last checkpoint. A finished unit's probe rows, training
-curves and CPU seconds go into docs/results/jepa_ehr_data.json (with --commit also into git; read-modify-write under
-an flock on jepa_ehr_data.json.lock, so studies running side by side with --only keep each other's units), then the page is
-rendered by scripts/ehr_results.py. Units, in order (main first; later ones are cut when CPU runs out;
+curves and CPU seconds go into docs/results/jepa_ehr_data.json (with --commit also into git; read-modify-write
+under an flock on jepa_ehr_data.json.lock, so studies running side by side with --only keep each other's units),
+then the page is rendered by scripts/ehr_results.py. Units, in order (main first; later ones are cut when CPU runs out;
 SIGTERM stops the running unit after the trainer's save and records the CPU it used):
   main: SFT-only and SFT+JEPA joint, seeds 0-2, alternating; mimic: tiny 200 steps, Δ = 30 d, SFT-only and joint,
   with the event (`codes`) tokenizer and again with the `text` tokenizer (mimic_text_*);

@@ -97,7 +97,8 @@ def test_save_keeps_units_another_study_wrote_and_the_mimic_table_splits_by_toke
   path = out / ehr_results.DATA_FILE
   path.write_text(json.dumps({"units": {"mimic_sft_only_s0": unit}}))
   study = ehr_study.Study(ehr_study.argparse.Namespace(runs="runs", out=str(out), name="p", steps=500, commit=False))
-  path.write_text(json.dumps({"units": {"mimic_sft_only_s0": unit, "mimic_joint_s0": {**unit, "objective": "sft+jepa_joint"}}}))
+  joint = {**unit, "objective": "sft+jepa_joint"}
+  path.write_text(json.dumps({"units": {"mimic_sft_only_s0": unit, "mimic_joint_s0": joint}}))
   study.data["units"]["mimic_text_sft_only_s0"] = {**unit, "tokenizer": "text",
                                                    "results": [{**row, "auroc": 0.55, "n": 240}]}
   study.mine.add("mimic_text_sft_only_s0")
