@@ -5,8 +5,9 @@ train stream is a pure function of (seed, i): a train subject drawn uniformly, a
 its distinct timestamps with >= `min_ctx_events` body tokens at or before t_c and >= 1 in (t_c, t_c + Δ]
 (Δ = `horizon_days`). Context = tokens with time <= t_c, left-truncated to `ctx_len` keeping the prefix (<bos>,
 static codes, age; with the `text` tokenizer the demographics block); future = tokens in (t_c, t_c + Δ],
-right-truncated to `fut_len`; x = ctx ⊕ fut padded to `ctx_len + fut_len` (= train.seq_len); `cut_idx` = last context token, `last_idx` = last token of x. The trainer's
-resume state is the global batch index (tessera.data.global_order's contract), so a resume draws the same rows.
+right-truncated to `fut_len`; x = ctx ⊕ fut padded to `ctx_len + fut_len` (= train.seq_len); `cut_idx` = last
+context token, `last_idx` = last token of x. The trainer's resume state is the global batch index
+(tessera.data.global_order's contract), so a resume draws the same rows.
 (Project default: "events" in min_ctx_events are body tokens; the closing <eos> is never part of a window.)
 
 With no `data.path` the registered preparer writes the planted-dynamics synthetic set (§6, tessera.data.meds_synth)
