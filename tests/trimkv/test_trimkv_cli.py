@@ -30,12 +30,14 @@ def gate_run(base_run):
   return workdir
 
 
-@pytest.mark.parametrize("variant", ["tiny", "small", "base"])
+@pytest.mark.parametrize("variant", ["tiny", "small", "base", "base_tasks"])
 def test_every_variant_validates_with_two_steps(variant):
   from tessera.trainer import cli
   config, _ = cli.load_config(f"{CONFIG}:{variant}", {"train.steps": 2})
   assert config.train.steps == 2 and config.optim.warmup_steps <= 2
-  if variant != "base":
+  if variant == "base_tasks":  # stage 1 of the base: tasks only, the filler text trained too
+    assert config.data.recall.text_fraction == 0.0 and config.data.recall.filler_loss
+  elif variant != "base":
     assert config.train.trainable == "retention_gate" and config.model.name == config.loss.name == "trimkv"
 
 
