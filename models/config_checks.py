@@ -46,7 +46,7 @@ def positive_finite(config, key):
 def check_decoder(config):
   """Keys of tessera.models.decoder (also the backbone of every model built on it)."""
   m = config.model
-  for key in ("dtype", "param_dtype"):  # dtype "auto" is resolved at load (tessera.models.dtype_policy)
+  for key in ("dtype", "param_dtype"):  # dtype "auto" is resolved at load (tessera.trainer.dtype_policy)
     one_of(config, f"model.{key}", DTYPES)
   one_of(config, "model.remat", REMAT)
   if "mlp" in m:  # configs saved before the key build SwiGLU

@@ -178,7 +178,7 @@ def shapes(names, steps, rounds, extra=None, profile_dir=None):
     plain_best = max(POLICIES, key=lambda p: row[p]["plain"]["tokens_per_second"])
     ratios = [max(tps["tessera", p][r] for p in POLICIES) / max(tps["plain", p][r] for p in POLICIES)
               for r in range(rounds)]
-    from tessera.models import dtype_policy
+    from tessera.trainer import dtype_policy
     row["best"] = {"policy": best, "plain_policy": plain_best, "auto_policy": dtype_policy.choose(),
                    "vs_plain": statistics.median(ratios), "vs_plain_rounds": ratios,
                    **rate(row[best]["tokens_per_second"], flops, peaks["float32"])}

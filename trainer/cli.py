@@ -78,7 +78,7 @@ def load_config(spec, overrides, check_methods=True):
   config_loader.apply_overrides(config, overrides)
   config_loader.apply_hook(config, module, overrides)
   if config.get("model", {}).get("dtype") == "auto":  # resolved here, once: config.json records the choice
-    from tessera.models import dtype_policy
+    from tessera.trainer import dtype_policy
     dtype_policy.resolve(config)
   validate_keys(config, spec)
   if check_methods:

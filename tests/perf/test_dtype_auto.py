@@ -1,5 +1,5 @@
 """model.dtype="auto": resolved once at config load by a documented rule; config.json records the choice."""
-from tessera.models import dtype_policy
+from tessera.trainer import dtype_policy
 from tessera.trainer import cli
 
 
