@@ -20,8 +20,9 @@ def cross_entropy(logits_BxTxV, targets_BxT, mask_BxT):
 
 
 def fused_ce_chunk(config):
-  """`loss.fused_ce_chunk`: tokens per chunk of the fused head + CE (0: logits from the model, then the CE above)."""
-  return config.loss.get("fused_ce_chunk", 0)
+  """`loss.fused_ce_chunk`: tokens per chunk of the fused head + CE (0: logits from the model, then the CE above).
+  `config` None (a method reusing the plain LM loss, e.g. `build(None)`) means 0."""
+  return 0 if config is None else config.loss.get("fused_ce_chunk", 0)
 
 
 def check(config):
