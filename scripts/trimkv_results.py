@@ -6,8 +6,10 @@
 
 Units, each an ordinary CLI run, its numbers stored in docs/results/trimkv_data.json (and committed) as soon as
 it finishes, never redone (the gate seeds run concurrently, then the evaluations):
-  base            scripts/train --config configs/trimkv.py:base (§9 decoder on synthetic_recall; scaled for 2 cores:
-                  seq_len 128, --base-steps), into runs/trimkv_study/base
+  base_tasks      scripts/train --config configs/trimkv.py:base_tasks (stage 1 of the base: the recall/copy tasks
+                  alone in rows of 64, filler text trained too; --tasks-steps), into runs/trimkv_study/base_tasks
+  base            scripts/train --config configs/trimkv.py:base --config.init.workdir=<base_tasks> (stage 2: §9's
+                  mixture with a third corpus text; scaled for 2 cores: seq_len 128, --base-steps)
   eval_base       scripts/eval_kv on the base: full cache, sink_window (StreamingLLM, 4 sinks), window, h2o
   gates_s{0,1,2}  scripts/train --config configs/trimkv.py:small --config.init.workdir=<base> --config.seed=s
                   (--gate-steps x batch 16, M = 16, buffer 8): three gate seeds on the one shared base, distilling
@@ -47,7 +49,9 @@ BASELINES = ("sink_window", "window", "h2o")
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="scripts/trimkv_results.py", description=__doc__.splitlines()[0])
   p.add_argument("--study", default="runs/trimkv_study", help="where the runs go (default: %(default)s)")
-  p.add_argument("--base-steps", type=int, default=1200, help="base LM steps (default: %(default)s)")
+  p.add_argument("--tasks-steps", type=int, default=3000,
+                 help="stage-1 base steps on the tasks alone (default: %(default)s; 0: no stage 1)")
+  p.add_argument("--base-steps", type=int, default=600, help="stage-2 base LM steps (default: %(default)s)")
   p.add_argument("--gate-steps", type=int, default=600, help="gate steps per seed (default: %(default)s)")
   p.add_argument("--seq-len", type=int, default=128, help="rows of the study (default: %(default)s; §9: 256)")
   p.add_argument("--sequences", type=int, default=64, help="held-out rows per task in eval_kv (default: %(default)s)")
@@ -113,16 +117,25 @@ def main(argv=None):
   study = ROOT / args.study
   commit = not args.no_commit
   py = sys.executable
-  data.setdefault("setup", dict(seq_len=args.seq_len, base_steps=args.base_steps, gate_steps=args.gate_steps,
+  data.setdefault("setup", dict(seq_len=args.seq_len, tasks_steps=args.tasks_steps, base_steps=args.base_steps,
+                                gate_steps=args.gate_steps,
                                 gate_batch=16, memory_size=M_TRAIN, buffer="M // 2", sequences=args.sequences,
                                 budgets=list(BUDGETS), seeds=list(SEEDS),
                                 cpu="2 cores of an Intel Xeon (Sapphire Rapids class), single-threaded XLA"))
   common = [f"--config.train.seq_len={args.seq_len}", "--config.train.log_every_steps=10",
             "--config.sample.max_new_tokens=0"]
-  base = study / "base"
+  base, tasks = study / "base", study / "base_tasks"
+  stage1 = []
+  if args.tasks_steps:
+    run_units([("base_tasks", [py, "-m", "tessera.trainer", "train", "--config", "configs/trimkv.py:base_tasks",
+                               "--workdir", tasks, f"--config.train.steps={args.tasks_steps}",
+                               "--config.eval.every_steps=0", "--config.checkpoint.every_steps=500",
+                               "--config.train.log_every_steps=10", "--config.sample.max_new_tokens=0"],
+                lambda: {"metrics": train_metrics(tasks)[-1:]})], data, commit)
+    stage1 = [f"--config.init.workdir={tasks}"]
   run_units([("base", [py, "-m", "tessera.trainer", "train", "--config", "configs/trimkv.py:base", "--workdir", base,
                        f"--config.train.steps={args.base_steps}", "--config.eval.every_steps=300",
-                       "--config.checkpoint.every_steps=200", *common],
+                       "--config.checkpoint.every_steps=200", *stage1, *common],
               lambda: {"metrics": train_metrics(base)[-1:]})], data, commit)
   eval_cmd = [py, "scripts/eval_kv.py", "--budgets", ",".join(map(str, BUDGETS)), "--sequences", str(args.sequences)]
   reader = lambda path: lambda: json.loads(path.read_text())
@@ -206,7 +219,9 @@ def render(data):
               f"with CE on `synthetic_recall` (recall of 2 key/value pairs with 2 queries, copy of a 4-token span, "
               f"16 key / 16 value symbols, in corpus-text filler, loss on the task answers weighted 16x; a third "
               f"plain corpus text, loss on every token) "
-              f"for {setup['base_steps']} steps x batch 16 at "
+              + (f"in two stages: {setup['tasks_steps']} steps x batch 32 on the tasks alone in rows of 64 (the "
+                 "filler text trained too, `configs/trimkv.py:base_tasks`), then " if setup.get("tasks_steps") else "for ")
+              + f"{setup['base_steps']} steps x batch 16 at "
               f"seq_len {setup['seq_len']}; then retention gates (variant rg, mul_logit) on the frozen base for "
               f"{setup['gate_steps']} steps x batch {setup['gate_batch']} at M = {setup['memory_size']} (distilling on "
               f"every position), seeds "
