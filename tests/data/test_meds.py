@@ -1,7 +1,6 @@
 """MEDS: golden tokenization, train-only fitting, labels without leakage, bad input, the synthetic generator and
 the real MIMIC-IV demo (when ../shared/data is present)."""
 
-import datetime
 import json
 import pathlib
 import shutil
@@ -18,23 +17,9 @@ from tessera.data import meds_synth
 from tessera.data import meds_tokenize
 from tessera.data import prepare_meds
 from tessera.data import prepared
+from meds_testing import events as _events, us as _us
 
 MIMIC = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "mimic-iv-demo-meds"
-_EPOCH = datetime.datetime(1970, 1, 1)
-
-
-def _us(*args) -> int:
-  return (datetime.datetime(*args) - _EPOCH) // datetime.timedelta(microseconds=1)
-
-
-def _events(rows) -> meds_schema.Events:
-  """rows: (subject, time_us or None, code, value or None)."""
-  codes = sorted({r[2] for r in rows})
-  return meds_schema.Events(
-      np.asarray([r[0] for r in rows], np.int64),
-      np.asarray([meds_schema.NO_TIME if r[1] is None else r[1] for r in rows], np.int64),
-      np.asarray([codes.index(r[2]) for r in rows], np.int32),
-      np.asarray([np.nan if r[3] is None else r[3] for r in rows], np.float32), codes)
 
 
 def test_hand_built_subject_gives_the_golden_token_sequence():

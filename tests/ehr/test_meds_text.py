@@ -1,7 +1,6 @@
 """The `text` EHR tokenizer (jepa_ehr.md §4.3): the exact serialization of a hand-made subject, token times = the
 day of the block (never leaking a later event of the day), train-only and deterministic BPE fitting, and the cut
 sampler / node windows on a text-prepared synthetic set."""
-import datetime
 import json
 
 import numpy as np
@@ -9,30 +8,15 @@ import pytest
 
 from tessera.data import array_record_io
 from tessera.data import ehr_cuts
-from tessera.data import meds_schema
 from tessera.data import meds_synth
 from tessera.data import meds_text
 from tessera.data import prepare_meds
 from tessera.data import prepared as prepared_lib
 from tessera.data.prepare_io import DataError
+from meds_testing import events as _events, us as _us
 
-_EPOCH = datetime.datetime(1970, 1, 1)
 HOUR = 3_600_000_000
 CTX, FUT, HORIZON_DAYS = 40, 16, 90.0
-
-
-def _us(*args) -> int:
-  return (datetime.datetime(*args) - _EPOCH) // datetime.timedelta(microseconds=1)
-
-
-def _events(rows) -> meds_schema.Events:
-  """rows: (subject, time_us or None, code, value or None)."""
-  codes = sorted({r[2] for r in rows})
-  return meds_schema.Events(
-      np.asarray([r[0] for r in rows], np.int64),
-      np.asarray([meds_schema.NO_TIME if r[1] is None else r[1] for r in rows], np.int64),
-      np.asarray([codes.index(r[2]) for r in rows], np.int32),
-      np.asarray([np.nan if r[3] is None else r[3] for r in rows], np.float32), codes)
 
 
 DAY1, DAY3 = _us(2100, 1, 1, 8), _us(2100, 1, 3, 10)
