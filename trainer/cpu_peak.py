@@ -86,10 +86,14 @@ def peak(dtypes, measure_fn=measure):
   return max(entry[d] for d in dtypes), f"{how}, cached in {path}"
 
 
+BUSY_LOAD_PER_CORE = 0.5
+
+
 def busy():
-  """Other work on the CPU (1-minute load average above the core count): a peak measured now would be low and,
-  once cached, inflate every later run's MFU (seen: 87% MFU from a peak measured beside four other jobs)."""
+  """Other work on the CPU (1-minute load average above half the core count): a peak measured now would be low and,
+  once cached, inflate every later run's MFU (seen: 87% MFU from a peak measured beside four other jobs; and on 2
+  cores, one other job was enough: fp32 105 GFLOP/s cached at load < 2 vs 275-292 measured quiet)."""
   try:
-    return os.getloadavg()[0] > (os.cpu_count() or 1)
+    return os.getloadavg()[0] > BUSY_LOAD_PER_CORE * (os.cpu_count() or 1)
   except OSError:
     return False
