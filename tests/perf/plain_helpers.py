@@ -38,23 +38,17 @@ def tessera_model(cfg, seed=0):
 
 def plain_params(model):
   """The plain GPT's params pytree holding `model`'s (a tessera gelu decoder) weights; q, k, v fused."""
-  p = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  return tessera_tree_as_plain(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def tessera_tree_as_plain(tree):
+  """A pure dict in the decoder's param layout (params or their grads) in the plain GPT's layout."""
   blocks = {}
-  for i, b in p["blocks"].items():
+  for i, b in tree["blocks"].items():
     blocks[i] = {"norm1": {"scale": b["attn_norm"]["scale"]}, "norm2": {"scale": b["mlp_norm"]["scale"]},
                  "qkv": jnp.stack([b["attn"]["q"], b["attn"]["k"], b["attn"]["v"]], axis=1),
                  "o": b["attn"]["o"], "up": b["mlp"]["up"], "down": b["mlp"]["down"]}
-  return {"embed": p["embed"], "blocks": blocks, "norm": {"scale": p["final_norm"]["scale"]}}
-
-
-def tessera_grads_as_plain(grads):
-  """tessera's grads (a pure dict of the decoder's params) in the plain GPT's layout."""
-  blocks = {}
-  for i, b in grads["blocks"].items():
-    blocks[i] = {"norm1": {"scale": b["attn_norm"]["scale"]}, "norm2": {"scale": b["mlp_norm"]["scale"]},
-                 "qkv": jnp.stack([b["attn"]["q"], b["attn"]["k"], b["attn"]["v"]], axis=1),
-                 "o": b["attn"]["o"], "up": b["mlp"]["up"], "down": b["mlp"]["down"]}
-  return {"embed": grads["embed"], "blocks": blocks, "norm": {"scale": grads["final_norm"]["scale"]}}
+  return {"embed": tree["embed"], "blocks": blocks, "norm": {"scale": tree["final_norm"]["scale"]}}
 
 
 def plain_gpt(cfg):
